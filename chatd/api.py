@@ -1,0 +1,215 @@
+"""`/api/v1`: JSON handlers and the event stream. Thin: parse, call a service, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from chatd.auth import api_user, client_ip, identify, origin_ok, read_json
+from chatd.errors import BadInput, ChatdError, Forbidden, RateLimited, Unauthorized
+from chatd.hub import Conn
+from chatd.models import User
+from chatd.services import Services, parse_int
+from chatd.state import CONFIG, SERVICES
+
+log = logging.getLogger("chatd.api")
+routes = web.RouteTableDef()
+MAX_IN_FLIGHT = 64
+
+
+def _svc(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+@routes.get("/api/v1/me")
+async def me(request: web.Request) -> web.Response:
+    return web.json_response((await api_user(request)).to_json())
+
+
+@routes.get("/api/v1/rooms")
+async def list_rooms(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    states = await _svc(request).chat.rooms_for(user)
+    return web.json_response({"rooms": [s.room.to_json(s.unread) for s in states]})
+
+
+@routes.post("/api/v1/rooms")
+async def create_room(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    data = await read_json(request)
+    room = await _svc(request).chat.create_room(
+        user, data.get("slug"), data.get("name"), data.get("private", False)
+    )
+    return web.json_response({"room": room.to_json(0)}, status=201)
+
+
+async def _room_json(services: Services, user: User, slug: str) -> dict[str, Any]:
+    room = await services.chat.room_for(user, slug)
+    return room.to_json(await services.store.unread(user, room))
+
+
+@routes.get("/api/v1/rooms/{slug}")
+async def get_room(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    return web.json_response({"room": await _room_json(_svc(request), user, request.match_info["slug"])})
+
+
+@routes.get("/api/v1/rooms/{slug}/members")
+async def list_members(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    room, names = await _svc(request).chat.members(user, request.match_info["slug"])
+    return web.json_response({"room": room.slug, "members": names})
+
+
+@routes.post("/api/v1/rooms/{slug}/members")
+async def add_member(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    data = await read_json(request)
+    services = _svc(request)
+    room = await services.chat.add_member(user, request.match_info["slug"], data.get("username"))
+    unread = await services.store.unread(user, room)
+    return web.json_response({"room": room.to_json(unread)})
+
+
+@routes.delete("/api/v1/rooms/{slug}/members/{username}")
+async def remove_member(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    await _svc(request).chat.remove_member(
+        user, request.match_info["slug"], request.match_info["username"]
+    )
+    return web.Response(status=204)
+
+
+@routes.post("/api/v1/dms")
+async def open_dm(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    data = await read_json(request)
+    services = _svc(request)
+    room = await services.chat.open_dm(user, data.get("username"))
+    return web.json_response({"room": room.to_json(await services.store.unread(user, room))})
+
+
+@routes.get("/api/v1/rooms/{slug}/messages")
+async def get_messages(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    q = request.query
+    _, messages = await _svc(request).chat.history(
+        user, request.match_info["slug"], q.get("before"), q.get("after"), q.get("limit")
+    )
+    return web.json_response({"messages": [m.to_json() for m in messages]})
+
+
+@routes.post("/api/v1/rooms/{slug}/messages")
+async def post_message(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    data = await read_json(request)
+    message, created = await _svc(request).chat.post_message(
+        user, request.match_info["slug"], data.get("body"), data.get("client_id")
+    )
+    return web.json_response({"message": message.to_json()}, status=201 if created else 200)
+
+
+@routes.post("/api/v1/rooms/{slug}/read")
+async def mark_read(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    data = await read_json(request)
+    await _svc(request).chat.mark_read(user, request.match_info["slug"], data.get("message_id"))
+    return web.Response(status=204)
+
+
+# -- the event stream -------------------------------------------------------------------
+
+
+@routes.get("/api/v1/stream")
+async def stream(request: web.Request) -> web.StreamResponse:
+    """JSON events for every room the user may read; `since` replays without gap or duplicate."""
+    services = _svc(request)
+    config = request.app[CONFIG]
+    found = await identify(request)
+    if found is None:
+        raise Unauthorized("missing or invalid credentials")
+    user, credential = found
+    if not origin_ok(request, required=False):
+        raise Forbidden("cross-site WebSocket refused")
+    since = parse_int(request.query.get("since"), "since", default=None, low=0)
+    if services.hub.count_for(user.id) >= config.connections_per_user:
+        raise RateLimited("too many open connections for this user", 5)
+    ws = web.WebSocketResponse(
+        heartbeat=30, compress=False, max_msg_size=config.max_frame_bytes, autoping=True
+    )
+    await ws.prepare(request)
+    conn = Conn(user, "stream", ws, request.transport, credential)  # type: ignore[arg-type]
+    log.debug("event=stream_open user=%s ip=%s", user.username, client_ip(request))
+    tasks: set[asyncio.Task[None]] = set()
+    try:
+        await services.live.attach(conn, since)
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                _dispatch(services, conn, msg.data, tasks)
+            elif msg.type == WSMsgType.BINARY:
+                services.live.send(conn, _error("bad_request", "frames must be JSON text", None))
+    finally:
+        services.live.detach(conn)
+        for task in tasks:
+            task.cancel()
+    return ws
+
+
+def _error(code: str, message: str, client_id: object) -> dict[str, Any]:
+    cid = client_id if isinstance(client_id, str) and len(client_id) <= 64 else None
+    return {"type": "error", "code": code, "message": message, "client_id": cid}
+
+
+def _dispatch(services: Services, conn: Conn, raw: str, tasks: set[asyncio.Task[None]]) -> None:
+    """Handle one client frame; every mistake is answered with an error event."""
+    try:
+        frame = json.loads(raw)
+    except ValueError:
+        services.live.send(conn, _error("bad_request", "frames must be JSON", None))
+        return
+    if not isinstance(frame, dict):
+        services.live.send(conn, _error("bad_request", "frames must be JSON objects", None))
+        return
+    kind = frame.get("type")
+    if kind == "send":
+        if len(tasks) >= MAX_IN_FLIGHT:
+            services.live.send(conn, _error("rate_limited", "too many sends in flight",
+                                            frame.get("client_id")))
+            return
+        task = asyncio.create_task(_send(services, conn, frame))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    elif kind == "typing":
+        task = asyncio.create_task(_typing(services, conn, frame))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    else:
+        services.live.send(conn, _error("bad_request", "unknown frame type", frame.get("client_id")))
+
+
+async def _send(services: Services, conn: Conn, frame: dict[str, Any]) -> None:
+    client_id = frame.get("client_id")
+    try:
+        if not isinstance(frame.get("room"), str):
+            raise BadInput("room is required")
+        if "body" not in frame:
+            raise BadInput("body is required")
+        message, created = await services.chat.post_message(
+            conn.user, frame["room"], frame["body"], client_id
+        )
+        if not created:  # a retry: the first copy was already published
+            services.hub.send_to([conn], services.live.message_frame(message, conn))
+    except ChatdError as exc:
+        services.live.send(conn, _error(exc.code, exc.message, client_id))
+
+
+async def _typing(services: Services, conn: Conn, frame: dict[str, Any]) -> None:
+    try:
+        room = await services.chat.room_for(conn.user, frame.get("room"))
+        services.chat.typing(conn.user, room)
+    except ChatdError as exc:
+        services.live.send(conn, _error(exc.code, exc.message, frame.get("client_id")))

@@ -1,0 +1,64 @@
+"""The one app factory: production and tests both call `create_app(config)`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from chatd import api, views
+from chatd.auth import add_security_headers, errors_middleware
+from chatd.config import Config
+from chatd.hub import Hub
+from chatd.services import Services
+from chatd.state import CONFIG, HUB, SERVICES, SETUP_TOKEN, STORE
+from chatd.store import Store
+
+log = logging.getLogger("chatd.app")
+SERVICE_RESTART = 1012
+
+
+def resource_dir(name: str) -> Path:
+    """templates/ and static/ ship inside the package; a checkout keeps them at the top."""
+    here = Path(__file__).resolve().parent
+    installed = here / name
+    return installed if installed.is_dir() else here.parent / name
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware], client_max_size=config.max_request_bytes
+    )
+    app[CONFIG] = config
+    app[SETUP_TOKEN] = [None]
+    env = views.setup_templates(app, str(resource_dir("templates")))
+    app[HUB] = Hub(config.send_buffer_bytes)
+    app[STORE] = Store(config.db, config.sync)
+    app[SERVICES] = Services(config, app[STORE], app[HUB], views.HtmlRenderer(env))
+    app.add_routes(views.routes)
+    app.add_routes(api.routes)
+    app.router.add_static("/static", resource_dir("static"), append_version=False)
+    app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_close_sockets)
+    app.on_response_prepare.append(add_security_headers)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """Open the store and start the services; on exit, write what is pending and close."""
+    store, services = app[STORE], app[SERVICES]
+    await store.open()
+    await services.start()
+    app[SETUP_TOKEN][0] = await services.accounts.prepare_setup()
+    yield
+    await services.stop()
+    await store.close()
+
+
+async def _close_sockets(app: web.Application) -> None:
+    """On shutdown every socket closes with 1012: clients reconnect and catch up."""
+    count = len(app[HUB].conns)
+    await app[HUB].close_all(SERVICE_RESTART, b"service restart")
+    log.info("event=shutdown sockets_closed=%d", count)

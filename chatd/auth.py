@@ -1,0 +1,254 @@
+"""The HTTP edge's security: who is asking, CSRF and Origin, headers, errors.
+
+Errors raised anywhere below are translated here, once: JSON for /api,
+a plain page for the browser, never a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from chatd import security
+from chatd.errors import BadInput, ChatdError, Forbidden, RateLimited, TooLarge, Unauthorized
+from chatd.models import Credential, User
+from chatd.state import CONFIG, SERVICES
+
+log = logging.getLogger("chatd.http")
+
+SESSION_COOKIE = "chatd_session"
+FORM_COOKIE = "chatd_form"
+USER_KEY = "chatd.user"
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+
+_TITLES = {400: "Bad request", 401: "Sign in required", 403: "Not allowed", 404: "Not found",
+           413: "Too large", 429: "Slow down", 500: "Server error", 503: "Unavailable"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# -- where the request comes from --------------------------------------------------
+
+
+def _trusted_peer(request: web.Request) -> bool:
+    config = request.app[CONFIG]
+    return config.behind_proxy and (request.remote or "") in config.trusted_proxies
+
+
+def client_ip(request: web.Request) -> str:
+    """The client's address; X-Forwarded-For counts only from a trusted proxy."""
+    if _trusted_peer(request):
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        last = forwarded.split(",")[-1].strip()
+        try:
+            return str(ipaddress.ip_address(last))
+        except ValueError:
+            pass
+    return request.remote or "unknown"
+
+
+def is_https(request: web.Request) -> bool:
+    if _trusted_peer(request):
+        proto = request.headers.get("X-Forwarded-Proto", "").split(",")[-1].strip().lower()
+        if proto:
+            return proto == "https"
+    return request.secure
+
+
+def own_origin(request: web.Request) -> str:
+    return f"{'https' if is_https(request) else 'http'}://{request.host}"
+
+
+def origin_ok(request: web.Request, *, required: bool) -> bool:
+    """True if Origin is ours, or absent and not required (bots and scripts send none)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return not required
+    return origin == own_origin(request)
+
+
+def is_loopback(request: web.Request) -> bool:
+    try:
+        return ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        return False
+
+
+# -- who is asking -------------------------------------------------------------------
+
+
+async def identify(request: web.Request) -> tuple[User, Credential] | None:
+    """The user behind a bearer token or a session cookie, or None. Cached per request."""
+    if USER_KEY in request:
+        return request[USER_KEY]
+    accounts = request.app[SERVICES].accounts
+    found = None
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            found = await accounts.user_for_token(token.strip())
+        request[USER_KEY] = found
+        return found
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        found = await accounts.user_for_session(cookie)
+    request[USER_KEY] = found
+    return found
+
+
+async def api_user(request: web.Request) -> User:
+    """Authenticate an API call; a cookie-authenticated write must come from our own pages."""
+    found = await identify(request)
+    if found is None:
+        raise Unauthorized("missing or invalid credentials")
+    user, credential = found
+    if credential.kind == "session" and request.method not in ("GET", "HEAD", "OPTIONS"):
+        header = request.headers.get("X-CSRF-Token", "")
+        if not (origin_ok(request, required=True) or (header and security.same(header, credential.csrf))):
+            raise Forbidden("cross-site request refused")
+    return user
+
+
+def session_cookie(response: web.StreamResponse, request: web.Request, token: str, days: int) -> None:
+    response.set_cookie(
+        SESSION_COOKIE, token, max_age=days * 86400, path="/", httponly=True,
+        samesite="Lax", secure=is_https(request),
+    )
+
+
+def clear_session_cookie(response: web.StreamResponse) -> None:
+    response.del_cookie(SESSION_COOKIE, path="/")
+
+
+def form_token(request: web.Request, response_cookies: dict[str, str]) -> str:
+    """A CSRF token for forms shown before sign-in (double submit with a cookie)."""
+    token = request.cookies.get(FORM_COOKIE)
+    if not token or len(token) > 64:
+        token = secrets.token_urlsafe(24)
+        response_cookies[FORM_COOKIE] = token
+    return token
+
+
+def set_form_cookie(response: web.StreamResponse, request: web.Request, token: str) -> None:
+    response.set_cookie(
+        FORM_COOKIE, token, path="/", httponly=True, samesite="Strict", secure=is_https(request)
+    )
+
+
+def check_form_token(request: web.Request, form: Any) -> None:
+    """Refuse a pre-sign-in form post that did not come from our own form."""
+    sent = form.get("csrf", "") if form else ""
+    cookie = request.cookies.get(FORM_COOKIE, "")
+    if not origin_ok(request, required=False) or not (
+        sent and cookie and isinstance(sent, str) and security.same(sent, cookie)
+    ):
+        raise Forbidden("the form has expired; reload the page and try again")
+
+
+def check_session_csrf(request: web.Request, credential: Credential, form: Any) -> None:
+    sent = form.get("csrf", "") if form else ""
+    if not origin_ok(request, required=False) or not (
+        isinstance(sent, str) and sent and security.same(sent, credential.csrf)
+    ):
+        raise Forbidden("the form has expired; reload the page and try again")
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body, or a clear 400/413."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise TooLarge("the request body is too large") from None
+    try:
+        data = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise BadInput("the body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise BadInput("the body must be a JSON object")
+    return data
+
+
+async def read_form(request: web.Request) -> Any:
+    try:
+        return await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        raise TooLarge("the form is too large") from None
+    except (ValueError, UnicodeDecodeError):
+        raise BadInput("the form could not be read") from None
+
+
+# -- middlewares and signals -----------------------------------------------------------
+
+
+def wants_json(request: web.Request) -> bool:
+    return request.path.startswith("/api/") or request.path in ("/metrics", "/healthz")
+
+
+def error_response(request: web.Request, error: ChatdError) -> web.StreamResponse:
+    if wants_json(request):
+        response = web.json_response(error.to_json(), status=error.status)
+    else:
+        response = aiohttp_jinja2.render_template(
+            "error.html", request, {"error": error, "title": _TITLES.get(error.status, "Error")},
+            status=error.status,
+        )
+    if isinstance(error, RateLimited):
+        response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    return response
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Translate domain errors once; never show a traceback to a client."""
+    try:
+        return await handler(request)
+    except ChatdError as exc:
+        return error_response(request, exc)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(request, TooLarge("the request body is too large"))
+    except web.HTTPException as exc:
+        if exc.status >= 400 and wants_json(request):
+            return error_response(request, _http_error(exc))
+        if exc.status >= 400 and exc.status != 405:
+            return error_response(request, _http_error(exc))
+        raise
+    except Exception:
+        log.exception("event=internal_error method=%s path=%s", request.method, request.path)
+        return error_response(
+            request, ChatdError("something went wrong on the server", code="internal", status=500)
+        )
+
+
+def _http_error(exc: web.HTTPException) -> ChatdError:
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 400: "bad_request"}
+    text = {404: "not found", 405: "method not allowed"}.get(exc.status, exc.reason.lower())
+    return ChatdError(text, code=codes.get(exc.status, "error"), status=exc.status)
+
+
+async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if is_https(request):
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    if not request.path.startswith("/static/") and "Cache-Control" not in response.headers:
+        response.headers["Cache-Control"] = "no-store"

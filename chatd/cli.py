@@ -1,0 +1,213 @@
+"""The `chatd` command: serve, and account management from the shell."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import click
+from aiohttp import web
+
+from chatd import __version__
+from chatd.config import LOG_LEVELS, Config, load_config
+from chatd.errors import ChatdError
+from chatd.services import Accounts
+from chatd.store import Store
+
+T = TypeVar("T")
+log = logging.getLogger("chatd")
+
+db_option = click.option(
+    "--db", "db", type=click.Path(dir_okay=False, path_type=Path), envvar="CHATD_DB",
+    default=None, help="SQLite database file (env CHATD_DB, default ./chatd.db).",
+)
+
+
+def run(coro: Awaitable[T]) -> T:
+    """Run a coroutine; domain errors become one sentence on stderr and exit 1."""
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except ChatdError as exc:
+        raise click.ClickException(_sentence(exc.message)) from None
+    except OSError as exc:
+        raise click.ClickException(_sentence(f"{exc.strerror or exc}")) from None
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+async def _with_accounts(db: Path | None, fn: Callable[[Accounts, Store], Awaitable[T]]) -> T:
+    config = load_config({"db": db})
+    store = Store(config.db, config.sync)
+    await store.open()
+    try:
+        return await fn(Accounts(config, store), store)
+    finally:
+        await store.close()
+
+
+def read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise click.ClickException("No password on stdin.")
+        return line.rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise click.ClickException("No terminal to ask for the password; use --password-stdin.")
+    return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="chatd")
+def main() -> None:
+    """chatd: a self-hosted real-time chat server."""
+
+
+@main.command()
+@db_option
+@click.option("--host", default=None, envvar="CHATD_HOST", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, envvar="CHATD_PORT", help="Port (default 8080; 0 picks a free one).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML config file (env CHATD_CONFIG).")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default=None, help="Log verbosity (default info).")
+@click.option("--behind-proxy", is_flag=True, default=None,
+              help="Trust X-Forwarded-For/Proto from trusted_proxies (default loopback).")
+@click.option("--check", is_flag=True, help="Validate the configuration and database, then exit.")
+def serve(db: Path | None, host: str | None, port: int | None, config_file: Path | None,
+          log_level: str | None, behind_proxy: bool | None, check: bool) -> None:
+    """Run the chat server until SIGTERM or SIGINT."""
+    flags = {"db": db, "host": host, "port": port, "log_level": log_level, "behind_proxy": behind_proxy}
+    try:
+        config = load_config(flags, config_file=config_file)
+    except ChatdError as exc:
+        raise click.ClickException(_sentence(exc.message)) from None
+    configure_logging(config.log_level)
+    if check:
+        run(_check(config))
+        click.echo(f"Configuration OK: database {config.db}, listening on {config.host}:{config.port}.")
+        return
+    run(_serve(config))
+
+
+async def _check(config: Config) -> None:
+    store = Store(config.db, config.sync)
+    await store.open()
+    await store.close()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+async def _serve(config: Config) -> None:
+    from chatd.app import create_app
+    from chatd.state import SETUP_TOKEN
+
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout_seconds)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port, backlog=2048)
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ChatdError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+    sock = site._server.sockets[0]  # type: ignore[union-attr]
+    host = config.host if ":" not in config.host else f"[{config.host}]"
+    url = f"http://{host}:{sock.getsockname()[1]}"
+    click.echo(f"chatd {__version__} listening on {url}")
+    token = app[SETUP_TOKEN][0]
+    if token:
+        click.echo(f"No accounts yet. Create the first admin account at: {url}/setup?token={token}")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("event=stopping")
+    await runner.cleanup()
+    log.info("event=stopped")
+
+
+@main.command()
+@click.argument("name")
+@db_option
+@click.option("--admin", is_flag=True, help="Make the account an administrator.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
+def adduser(name: str, db: Path | None, admin: bool, password_stdin: bool) -> None:
+    """Create an account."""
+    password = read_password(password_stdin)
+    user = run(_with_accounts(db, lambda a, s: a.create_user(name, password, admin)))
+    click.echo(f"Created {'admin ' if user.admin else ''}account {user.username}.", err=True)
+
+
+@main.command()
+@click.argument("name")
+@db_option
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
+def passwd(name: str, db: Path | None, password_stdin: bool) -> None:
+    """Set a new password and end that user's sessions."""
+    password = read_password(password_stdin)
+    run(_with_accounts(db, lambda a, s: a.set_password(name, password)))
+    click.echo(f"Password changed for {name.lower()}; their sessions have ended.", err=True)
+
+
+@main.command()
+@click.argument("name")
+@db_option
+def deluser(name: str, db: Path | None) -> None:
+    """Deactivate an account: no more sign-ins, sessions and tokens end, messages stay."""
+    run(_with_accounts(db, lambda a, s: a.deactivate(name)))
+    click.echo(f"Deactivated {name.lower()}.", err=True)
+
+
+@main.command()
+@db_option
+@click.option("--long", "-l", "long_format", is_flag=True, help="Show role and status too.")
+@click.option("--all", "-a", "show_all", is_flag=True, help="Include deactivated accounts.")
+def users(db: Path | None, long_format: bool, show_all: bool) -> None:
+    """List accounts, one per line."""
+    found = run(_with_accounts(db, lambda a, s: s.list_users()))
+    for user in found:
+        if not user.active and not show_all:
+            continue
+        if long_format:
+            role = "admin" if user.admin else "member"
+            click.echo(f"{user.username}\t{role}\t{'active' if user.active else 'deactivated'}")
+        else:
+            click.echo(user.username)
+
+
+@main.command()
+@click.argument("name")
+@db_option
+@click.option("--label", default="", help="A note on what the token is for.")
+def token(name: str, db: Path | None, label: str) -> None:
+    """Create an API token for that user and print it once."""
+    click.echo(run(_with_accounts(db, lambda a, s: a.create_token(name, label))))
+
+
+@main.command()
+@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+@db_option
+def backup(dest: Path, db: Path | None) -> None:
+    """Write a consistent copy of the database, safe while the server runs."""
+
+    async def op(accounts: Accounts, store: Store) -> None:
+        await store.backup(dest)
+
+    run(_with_accounts(db, op))
+    click.echo(f"Backup written to {dest}.", err=True)

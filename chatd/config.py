@@ -1,0 +1,134 @@
+"""Configuration: one frozen `Config` built once from flags, env and a TOML file.
+
+Precedence, highest first: command-line flags, `CHATD_*` environment
+variables, the TOML file given with `--config` (or `CHATD_CONFIG`), defaults.
+Nothing reads `os.environ` after `load_config` returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from chatd.errors import BadInput
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+SYNC_MODES = ("normal", "full")
+
+
+@dataclass(frozen=True)
+class Config:
+    db: Path = Path("chatd.db")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "info"
+    # Trust X-Forwarded-For/Proto, and only from these peers.
+    behind_proxy: bool = False
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    # SQLite synchronous mode: "normal" survives a process crash, "full" a power cut too.
+    sync: str = "normal"
+    session_days: int = 30
+    history_page: int = 50
+    login_attempts_per_account: int = 10
+    login_attempts_per_ip: int = 50
+    login_window_seconds: int = 300
+    messages_per_second: float = 10.0
+    message_burst: int = 30
+    max_frame_bytes: int = 65_536
+    max_request_bytes: int = 262_144
+    connections_per_user: int = 50
+    send_buffer_bytes: int = 1_048_576
+    typing_interval_seconds: float = 2.0
+    shutdown_timeout_seconds: float = 8.0
+    auth_poll_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.log_level not in LOG_LEVELS:
+            raise BadInput(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        if self.sync not in SYNC_MODES:
+            raise BadInput(f"sync must be one of {', '.join(SYNC_MODES)}")
+        if not 0 <= self.port <= 65535:
+            raise BadInput("port must be between 0 and 65535")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise BadInput(f"{f.name} must not be negative")
+        if self.messages_per_second <= 0 or self.message_burst < 1:
+            raise BadInput("messages_per_second and message_burst must be positive")
+        if self.connections_per_user < 1 or self.max_frame_bytes < 1024:
+            raise BadInput("connections_per_user must be at least 1, max_frame_bytes at least 1024")
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Turn a file or environment value into the type of the field's default."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if isinstance(default, Path):
+            return Path(value)
+        if isinstance(default, tuple):
+            items = value if isinstance(value, list) else str(value).split(",")
+            return tuple(str(item).strip() for item in items if str(item).strip())
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise BadInput(f"{name} has a bad value: {value!r}") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise BadInput(f"cannot read the config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"the config file {path} is not valid TOML: {exc}") from None
+    # A [chatd] table is accepted as well as top-level keys.
+    return dict(data.get("chatd", data))
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Config:
+    """Build the Config from defaults, the file, the environment and flags, in that order."""
+    env = os.environ if env is None else env
+    defaults = {f.name: f.default for f in fields(Config)}
+    values: dict[str, Any] = {}
+    if config_file is None and env.get("CHATD_CONFIG"):
+        config_file = Path(env["CHATD_CONFIG"])
+    if config_file is not None:
+        for key, value in read_toml(config_file).items():
+            key = key.replace("-", "_")
+            if key not in defaults:
+                raise BadInput(f"unknown setting {key!r} in {config_file}")
+            values[key] = _coerce(key, value, defaults[key])
+    for name, default in defaults.items():
+        raw = env.get(f"CHATD_{name.upper()}")
+        if raw is not None and raw != "":
+            values[name] = _coerce(f"CHATD_{name.upper()}", raw, default)
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = _coerce(f"--{name.replace('_', '-')}", value, defaults[name])
+    return Config(**values)

@@ -1,0 +1,242 @@
+"""Live connections: routing, presence and bounded fan-out. No SQL here.
+
+A message is encoded once into a finished WebSocket frame (server frames are
+unmasked, so the bytes are the same for every recipient) and the same bytes
+are written to each recipient's transport. The transport's write buffer is the
+connection's bounded outbound queue: a socket whose buffer passes
+`send_buffer_bytes` is a slow consumer and is dropped, never awaited, so one
+stalled reader cannot hold up a broadcast or grow memory without bound.
+A later broker (Redis) would sit behind `publish` and feed the same local fan-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from aiohttp import web
+
+from chatd.models import Credential, User
+
+log = logging.getLogger("chatd.hub")
+OP_TEXT = 0x1
+
+ConnKind = Literal["stream", "browser"]
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A complete, unmasked, final WebSocket text frame carrying payload."""
+    n = len(payload)
+    if n < 126:
+        return struct.pack("!BB", 0x80 | OP_TEXT, n) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x80 | OP_TEXT, 126, n) + payload
+    return struct.pack("!BBQ", 0x80 | OP_TEXT, 127, n) + payload
+
+
+@dataclass(eq=False)
+class Conn:
+    """One open socket: an event-stream client or a browser tab."""
+
+    user: User
+    kind: ConnKind
+    ws: web.WebSocketResponse
+    transport: asyncio.Transport
+    credential: Credential
+    # Browser tabs show one room; typing and message fragments go to its viewers.
+    room_id: int | None = None
+    dropped: bool = False
+    # While a `since` replay is being read from the database, live frames wait here.
+    held: list[tuple[int, bytes]] | None = field(default=None, repr=False)
+
+    @property
+    def open(self) -> bool:
+        return not (self.dropped or self.ws.closed or self.transport.is_closing())
+
+
+class Envelope:
+    """One committed message, with each wire form built at most once, on demand."""
+
+    __slots__ = ("message_id", "room_id", "author_id", "mentioned", "_build", "_cache")
+
+    def __init__(
+        self,
+        message_id: int,
+        room_id: int,
+        author_id: int,
+        mentioned: frozenset[int],
+        build: Callable[[str], bytes],
+    ) -> None:
+        self.message_id = message_id
+        self.room_id = room_id
+        self.author_id = author_id
+        self.mentioned = mentioned
+        self._build = build
+        self._cache: dict[str, bytes] = {}
+
+    def frame(self, form: str) -> bytes:
+        """form: stream, mine, other, mention, unread, unread-mention."""
+        data = self._cache.get(form)
+        if data is None:
+            data = self._cache[form] = text_frame(self._build(form))
+        return data
+
+
+class Metrics:
+    """Counters the hub and the writer keep for /metrics."""
+
+    def __init__(self) -> None:
+        self.deliveries = 0
+        self.dropped_slow = 0
+        self.messages_stored = 0
+        self.write_buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]
+        self.write_counts = [0] * (len(self.write_buckets) + 1)
+        self.write_sum = 0.0
+
+    def observe_write(self, seconds: float) -> None:
+        self.write_sum += seconds
+        for i, bound in enumerate(self.write_buckets):
+            if seconds <= bound:
+                self.write_counts[i] += 1
+                return
+        self.write_counts[-1] += 1
+
+
+class Hub:
+    """Who is connected, what each may read, and delivery of ready-made frames."""
+
+    def __init__(self, send_buffer_bytes: int, metrics: Metrics | None = None) -> None:
+        self.limit = send_buffer_bytes
+        self.metrics = metrics or Metrics()
+        self.conns: set[Conn] = set()
+        self.by_user: dict[int, set[Conn]] = {}
+        self.viewers: dict[int, set[Conn]] = {}
+        # Private rooms and DMs: room id -> member user ids. Absent means public.
+        self.closed_rooms: dict[int, set[int]] = {}
+        self.usernames: dict[int, str] = {}
+
+    # -- membership routing -------------------------------------------------
+
+    def set_members(self, room_id: int, user_ids: Iterable[int]) -> None:
+        self.closed_rooms[room_id] = set(user_ids)
+
+    def may_read(self, user_id: int, room_id: int) -> bool:
+        members = self.closed_rooms.get(room_id)
+        return members is None or user_id in members
+
+    def readers(self, room_id: int) -> Iterable[Conn]:
+        members = self.closed_rooms.get(room_id)
+        if members is None:
+            return self.conns
+        return [c for uid in members for c in self.by_user.get(uid, ())]
+
+    # -- connections --------------------------------------------------------
+
+    def add(self, conn: Conn) -> bool:
+        """Register a socket; True when it is the user's first (they came online)."""
+        self.conns.add(conn)
+        self.usernames[conn.user.id] = conn.user.username
+        mine = self.by_user.setdefault(conn.user.id, set())
+        mine.add(conn)
+        if conn.room_id is not None:
+            self.viewers.setdefault(conn.room_id, set()).add(conn)
+        return len(mine) == 1
+
+    def remove(self, conn: Conn) -> bool:
+        """Forget a socket; True when it was the user's last (they went offline)."""
+        if conn not in self.conns:
+            return False
+        self.conns.discard(conn)
+        if conn.room_id is not None:
+            viewers = self.viewers.get(conn.room_id)
+            if viewers is not None:
+                viewers.discard(conn)
+                if not viewers:
+                    del self.viewers[conn.room_id]
+        mine = self.by_user.get(conn.user.id)
+        if mine is None:
+            return False
+        mine.discard(conn)
+        if not mine:
+            del self.by_user[conn.user.id]
+            return True
+        return False
+
+    def count_for(self, user_id: int) -> int:
+        return len(self.by_user.get(user_id, ()))
+
+    def online(self) -> list[str]:
+        return sorted(self.usernames[uid] for uid in self.by_user)
+
+    def online_ids(self) -> set[int]:
+        return set(self.by_user)
+
+    # -- delivery -----------------------------------------------------------
+
+    def publish(self, envelopes: list[Envelope]) -> None:
+        """Deliver committed messages, in id order, to everyone who may read them."""
+        outgoing: dict[Conn, list[bytes]] = {}
+        for env in envelopes:
+            viewers = self.viewers.get(env.room_id, ())
+            for conn in self.readers(env.room_id):
+                if conn.kind == "stream":
+                    data = env.frame("stream")
+                elif conn in viewers:
+                    uid = conn.user.id
+                    form = "mine" if uid == env.author_id else (
+                        "mention" if uid in env.mentioned else "other")
+                    data = env.frame(form)
+                elif conn.user.id != env.author_id:
+                    data = env.frame("unread-mention" if conn.user.id in env.mentioned else "unread")
+                else:
+                    continue
+                if conn.held is not None:
+                    conn.held.append((env.message_id, data))
+                    continue
+                outgoing.setdefault(conn, []).append(data)
+        for conn, frames in outgoing.items():
+            self.write(conn, frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
+
+    def send_to(self, conns: Iterable[Conn], data: bytes) -> None:
+        """Send one ready frame to each of these sockets (presence, typing, unread)."""
+        for conn in conns:
+            if conn.held is not None:
+                conn.held.append((0, data))
+            else:
+                self.write(conn, data, 1)
+
+    def write(self, conn: Conn, data: bytes, count: int) -> None:
+        if not conn.open:
+            return
+        if conn.transport.get_write_buffer_size() > self.limit:
+            self.drop(conn)
+            return
+        conn.transport.write(data)
+        self.metrics.deliveries += count
+
+    def drop(self, conn: Conn) -> None:
+        """Disconnect a consumer that stopped reading; it comes back with `since`."""
+        if conn.dropped:
+            return
+        conn.dropped = True
+        self.metrics.dropped_slow += 1
+        log.warning("event=slow_consumer_dropped user=%s kind=%s", conn.user.username, conn.kind)
+        conn.transport.abort()
+
+    def release(self, conn: Conn, after_id: int) -> None:
+        """End a replay: send held frames newer than the replay, in order."""
+        held, conn.held = conn.held or [], None
+        frames = [data for mid, data in held if mid == 0 or mid > after_id]
+        if frames:
+            self.write(conn, b"".join(frames), len(frames))
+
+    async def close_all(self, code: int, message: bytes) -> None:
+        """Close every socket (shutdown): the code tells clients to come back."""
+        conns = [c for c in self.conns if c.open]
+        await asyncio.gather(
+            *(c.ws.close(code=code, message=message) for c in conns), return_exceptions=True
+        )

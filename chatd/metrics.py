@@ -1,0 +1,44 @@
+"""Prometheus text exposition of the hub's and the writer's counters."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from chatd.state import HUB
+
+
+def render_metrics(app: web.Application) -> str:
+    hub = app[HUB]
+    m = hub.metrics
+    streams = sum(1 for c in hub.conns if c.kind == "stream")
+    lines = [
+        "# HELP chatd_connections Open WebSocket connections.",
+        "# TYPE chatd_connections gauge",
+        f'chatd_connections{{kind="stream"}} {streams}',
+        f'chatd_connections{{kind="browser"}} {len(hub.conns) - streams}',
+        "# HELP chatd_users_online Users with at least one open connection.",
+        "# TYPE chatd_users_online gauge",
+        f"chatd_users_online {len(hub.by_user)}",
+        "# HELP chatd_messages_stored_total Messages committed to the database.",
+        "# TYPE chatd_messages_stored_total counter",
+        f"chatd_messages_stored_total {m.messages_stored}",
+        "# HELP chatd_deliveries_total Frames handed to sockets.",
+        "# TYPE chatd_deliveries_total counter",
+        f"chatd_deliveries_total {m.deliveries}",
+        "# HELP chatd_slow_consumers_dropped_total Sockets dropped for not reading.",
+        "# TYPE chatd_slow_consumers_dropped_total counter",
+        f"chatd_slow_consumers_dropped_total {m.dropped_slow}",
+        "# HELP chatd_sqlite_write_seconds Time to commit one batch of messages.",
+        "# TYPE chatd_sqlite_write_seconds histogram",
+    ]
+    running = 0
+    for bound, count in zip(m.write_buckets, m.write_counts):
+        running += count
+        lines.append(f'chatd_sqlite_write_seconds_bucket{{le="{bound}"}} {running}')
+    running += m.write_counts[-1]
+    lines += [
+        f'chatd_sqlite_write_seconds_bucket{{le="+Inf"}} {running}',
+        f"chatd_sqlite_write_seconds_sum {m.write_sum:.6f}",
+        f"chatd_sqlite_write_seconds_count {running}",
+    ]
+    return "\n".join(lines) + "\n"

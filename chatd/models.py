@@ -1,0 +1,95 @@
+"""Frozen records passed between layers; `to_json()` is their contract shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+RoomKind = Literal["public", "private", "dm"]
+
+
+def rfc3339(ts: float) -> str:
+    """Seconds since the epoch as RFC 3339 UTC with milliseconds."""
+    dt = datetime.fromtimestamp(ts, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    username: str
+    admin: bool
+    active: bool = True
+    # Messages up to this id predate the account and never count as unread.
+    read_floor: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"username": self.username, "admin": self.admin}
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    id: int
+    slug: str
+    name: str
+    kind: RoomKind
+    last_message_id: int = 0
+
+    @property
+    def is_public(self) -> bool:
+        return self.kind == "public"
+
+    def to_json(self, unread: int = 0) -> dict[str, Any]:
+        return {"slug": self.slug, "name": self.name, "kind": self.kind, "unread": unread}
+
+
+@dataclass(frozen=True, slots=True)
+class RoomState:
+    """A room as one user sees it in the sidebar."""
+
+    room: Room
+    unread: int
+    # For a DM: the other person's username; for rooms: None.
+    peer: str | None = None
+
+    @property
+    def href(self) -> str:
+        return f"/dm/{self.peer}" if self.peer else f"/r/{self.room.slug}"
+
+    @property
+    def label(self) -> str:
+        return self.peer or self.room.name
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: int
+    room_id: int
+    room: str
+    author: str
+    author_id: int
+    body: str
+    html: str
+    created_at: float
+    client_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "room": self.room,
+            "author": self.author,
+            "body": self.body,
+            "html": self.html,
+            "created_at": rfc3339(self.created_at),
+            "client_id": self.client_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What authenticated a request: a browser session or an API token."""
+
+    kind: Literal["session", "token"]
+    token_hash: bytes
+    csrf: str = ""

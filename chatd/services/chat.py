@@ -1,0 +1,170 @@
+"""Rooms, memberships, messages and read marks: validate, store, then publish."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from chatd import rules
+from chatd.config import Config
+from chatd.errors import BadInput, NotFound, RateLimited, StorageUnavailable
+from chatd.limits import TokenBucket
+from chatd.models import Message, Room, RoomState, User
+from chatd.services.live import Live
+from chatd.store import Store
+
+log = logging.getLogger("chatd.chat")
+MAX_LIMIT = 200
+
+
+class Chat:
+    def __init__(self, config: Config, store: Store, live: Live) -> None:
+        self.config = config
+        self.store = store
+        self.live = live
+        self.flood = TokenBucket(config.messages_per_second, config.message_burst)
+
+    # -- rooms ------------------------------------------------------------------
+
+    async def room_for(self, user: User, slug: object) -> Room:
+        """The only way to a room: NotFound unless this user may read it."""
+        if not isinstance(slug, str) or not slug or len(slug) > 100:
+            raise NotFound("no such room")
+        return await self.store.room_for(user, slug)
+
+    async def rooms_for(self, user: User) -> list[RoomState]:
+        return await self.store.rooms_for(user)
+
+    async def create_room(self, user: User, slug: object, name: object, private: object) -> Room:
+        slug = rules.check_slug(slug)
+        if not isinstance(private, bool):
+            raise BadInput("private must be true or false")
+        title = rules.check_room_name(name, slug)
+        room = await self.store.create_room(slug, title, "private" if private else "public", user)
+        if private:
+            self.live.room_members_changed(room, [user.id])
+        log.info("event=room_created room=%s kind=%s by=%s", slug, room.kind, user.username)
+        return room
+
+    async def open_dm(self, user: User, username: object) -> Room:
+        """The direct conversation between `user` and `username`, the same for both."""
+        name = username.strip().lower() if isinstance(username, str) else ""
+        other = await self.store.user_by_name(name) if rules.USERNAME_RE.fullmatch(name) else None
+        if other is None:
+            raise NotFound(f"no user named {name or username!r}")
+        room = await self.store.open_dm(rules.dm_slug(user.username, other.username), user, other)
+        self.live.room_members_changed(room, {user.id, other.id})
+        return room
+
+    async def add_member(self, actor: User, slug: object, username: object) -> Room:
+        """A member of a private room (or an admin) adds someone to it."""
+        room = await self._manageable(actor, slug)
+        name = rules.check_username(username)
+        user = await self.store.user_by_name(name)
+        if user is None:
+            raise NotFound(f"no user named {name}")
+        await self.store.add_member(room, user)
+        await self._sync_members(room)
+        log.info("event=member_added room=%s user=%s by=%s", room.slug, name, actor.username)
+        return room
+
+    async def remove_member(self, actor: User, slug: object, username: object) -> Room:
+        """Leave a private room, or (admins) remove someone from it."""
+        room = await self._manageable(actor, slug)
+        name = rules.check_username(username)
+        if name != actor.username and not actor.admin:
+            raise NotFound("no such member")
+        user = await self.store.user_by_name(name)
+        if user is None or not await self.store.remove_member(room, user):
+            raise NotFound(f"{name} is not a member of {room.slug}")
+        await self._sync_members(room)
+        log.info("event=member_removed room=%s user=%s by=%s", room.slug, name, actor.username)
+        return room
+
+    async def members(self, actor: User, slug: object) -> tuple[Room, list[str]]:
+        room = await self._manageable(actor, slug)
+        return room, await self.store.members(room)
+
+    async def _manageable(self, actor: User, slug: object) -> Room:
+        """A private room the actor belongs to, or any private room for an admin."""
+        if actor.admin and isinstance(slug, str):
+            room = await self.store.room_by_slug(slug)
+            if room is None:
+                raise NotFound("no such room")
+        else:
+            room = await self.room_for(actor, slug)
+        if room.kind != "private":
+            raise BadInput("only private rooms have members; public rooms are open to everyone")
+        return room
+
+    async def _sync_members(self, room: Room) -> None:
+        names = await self.store.members(room)
+        await self.live.refresh_users()
+        self.live.room_members_changed(
+            room, [self.live.user_ids[n] for n in names if n in self.live.user_ids]
+        )
+
+    # -- messages ---------------------------------------------------------------
+
+    async def post_message(
+        self, user: User, slug: object, body: object, client_id: object = None
+    ) -> tuple[Message, bool]:
+        """Store a message, answered after its commit; (message, False) for a retry."""
+        room = await self.room_for(user, slug)
+        return await self.post_in(user, room, body, client_id)
+
+    async def post_in(
+        self, user: User, room: Room, body: object, client_id: object = None
+    ) -> tuple[Message, bool]:
+        text = rules.check_body(body)
+        cid = rules.check_client_id(client_id)
+        wait = self.flood.take(user.id)
+        if wait:
+            raise RateLimited("you are sending messages too fast; slow down", wait)
+        rendered = rules.render_body(text, self.live.is_user)
+        writer = self.store.messages_writer
+        if writer is None:
+            raise StorageUnavailable("the server is not accepting messages")
+        return await writer.submit(room, user, text, rendered.html, cid)
+
+    async def history(
+        self, user: User, slug: object, before: object = None, after: object = None,
+        limit: object = None,
+    ) -> tuple[Room, list[Message]]:
+        room = await self.room_for(user, slug)
+        n = parse_int(limit, "limit", default=50, low=1)
+        b = parse_int(before, "before", default=None, low=0)
+        a = parse_int(after, "after", default=None, low=0)
+        return room, await self.store.messages(room, before=b, after=a, limit=min(n, MAX_LIMIT))
+
+    async def mark_read(self, user: User, slug: object, message_id: object) -> int:
+        room = await self.room_for(user, slug)
+        return await self.mark_read_in(user, room, message_id)
+
+    async def mark_read_in(self, user: User, room: Room, message_id: object) -> int:
+        mid = parse_int(message_id, "message_id", default=None, low=0)
+        if mid is None:
+            raise BadInput("message_id is required")
+        unread = await self.store.mark_read(user, room, mid)
+        self.live.read_changed(user, room, unread)
+        return unread
+
+    def typing(self, user: User, room: Room) -> None:
+        self.live.typing(user, room, time.monotonic())
+
+
+def parse_int(value: object, name: str, default: int | None, low: int) -> int | None:
+    """Parse a non-negative integer parameter; 400 for anything else."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        raise BadInput(f"{name} must be a number")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
+        number = int(value)
+    else:
+        raise BadInput(f"{name} must be a number")
+    if number < low or number >= 1 << 62:
+        raise BadInput(f"{name} must be at least {low}")
+    return number

@@ -1,0 +1,127 @@
+"""Schema migrations: an ordered list, applied on every open, tracked in user_version.
+
+Each migration runs in its own transaction. Never edit a released migration;
+append a new one. Version N of the schema is the first N entries applied.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+MIGRATIONS: list[str] = [
+    # 1: accounts, server-side sessions, public rooms and messages.
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        password_hash TEXT NOT NULL,
+        admin INTEGER NOT NULL DEFAULT 0,
+        active INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE sessions (
+        token_hash BLOB PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        csrf TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX sessions_user ON sessions(user_id);
+    CREATE TABLE rooms (
+        id INTEGER PRIMARY KEY,
+        slug TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        room_id INTEGER NOT NULL REFERENCES rooms(id),
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        body TEXT NOT NULL,
+        html TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX messages_room ON messages(room_id, id);
+    """,
+    # 2: the default public room exists from the first start.
+    """
+    INSERT OR IGNORE INTO rooms (slug, name, created_at) VALUES ('general', 'general', {now});
+    """,
+    # 3: API tokens and server metadata (setup token, auth change counter).
+    """
+    CREATE TABLE tokens (
+        token_hash BLOB PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        label TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX tokens_user ON tokens(user_id);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    INSERT INTO meta (key, value) VALUES ('auth_version', '0');
+    """,
+    # 4: room kinds; memberships (a row is membership of a private room or DM,
+    # and per-user read state in any room); idempotent sends by client_id.
+    """
+    ALTER TABLE rooms ADD COLUMN kind TEXT NOT NULL DEFAULT 'public'
+        CHECK (kind IN ('public', 'private', 'dm'));
+    ALTER TABLE rooms ADD COLUMN created_by INTEGER REFERENCES users(id);
+    ALTER TABLE rooms ADD COLUMN last_message_id INTEGER NOT NULL DEFAULT 0;
+    UPDATE rooms SET last_message_id =
+        coalesce((SELECT max(id) FROM messages WHERE room_id = rooms.id), 0);
+    ALTER TABLE users ADD COLUMN read_floor INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN client_id TEXT;
+    CREATE TABLE memberships (
+        room_id INTEGER NOT NULL REFERENCES rooms(id),
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        last_read_id INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (room_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX memberships_user ON memberships(user_id, room_id);
+    DROP INDEX messages_room;
+    CREATE INDEX messages_room ON messages(room_id, id, user_id);
+    CREATE UNIQUE INDEX messages_client ON messages(user_id, client_id)
+        WHERE client_id IS NOT NULL;
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(conn: sqlite3.Connection, upto: int = SCHEMA_VERSION) -> int:
+    """Apply pending migrations up to `upto`; return the version found before."""
+    found = schema_version(conn)
+    for version in range(found + 1, upto + 1):
+        script = MIGRATIONS[version - 1].replace("{now}", repr(time.time()))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another process may have migrated meanwhile.
+            if schema_version(conn) >= version:
+                conn.execute("ROLLBACK")
+                continue
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return found
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (executescript would commit on its own)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            if current.strip():
+                statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())
+    return statements

@@ -1,0 +1,150 @@
+"""The message writer: group commit of pending posts, publish after commit.
+
+Posts queue up while a transaction is on disk; the next transaction takes all
+of them. Every caller is answered only after the commit that holds its
+message, and the hub hears of messages in id order, after that commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from chatd.errors import ChatdError, StorageUnavailable
+from chatd.models import Message, Room, User
+from chatd.store.db import Connection, storage_error, transaction
+
+log = logging.getLogger("chatd.store")
+MAX_BATCH = 512
+
+OnCommit = Callable[[list[Message]], None]
+OnLatency = Callable[[float], None]
+
+
+@dataclass(slots=True)
+class Pending:
+    room: Room
+    author: User
+    body: str
+    html: str
+    client_id: str | None
+    created_at: float
+    future: asyncio.Future[tuple[Message, bool]] = field(repr=False)
+
+
+class MessageWriter:
+    """Single writer task: one transaction per batch of pending messages."""
+
+    def __init__(self, conn: Connection, on_commit: OnCommit, on_latency: OnLatency) -> None:
+        self._conn = conn
+        self._on_commit = on_commit
+        self._on_latency = on_latency
+        self._pending: list[Pending] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="chatd-message-writer")
+
+    async def stop(self) -> None:
+        """Refuse new posts, write every pending one, then end the task."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def submit(
+        self, room: Room, author: User, body: str, html: str, client_id: str | None
+    ) -> tuple[Message, bool]:
+        """Queue one message; returns (message, created) after its commit."""
+        if self._closing:
+            raise StorageUnavailable("the server is shutting down; send again in a moment")
+        future: asyncio.Future[tuple[Message, bool]] = asyncio.get_running_loop().create_future()
+        self._pending.append(Pending(room, author, body, html, client_id, time.time(), future))
+        self._wake.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                await self._write(batch)
+            if self._closing:
+                return
+
+    async def _write(self, batch: list[Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            results = await self._conn.run(_insert_batch, batch)
+        except sqlite3.Error as exc:
+            error: ChatdError = storage_error(exc) or StorageUnavailable(
+                "the server could not store the message"
+            )
+            log.error("event=write_failed messages=%d error=%r", len(batch), str(exc))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        self._on_latency(time.perf_counter() - started)
+        try:
+            self._on_commit([message for message, created in results if created])
+        except Exception:  # a publishing bug must not lose acknowledgements
+            log.exception("event=publish_failed")
+        for item, result in zip(batch, results):
+            if not item.future.done():
+                item.future.set_result(result)
+
+
+def _insert_batch(conn: sqlite3.Connection, batch: list[Pending]) -> list[tuple[Message, bool]]:
+    results: list[tuple[Message, bool]] = []
+    with transaction(conn):
+        next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchone()[0]
+        rows, seen, last = [], {}, {}
+        for item in batch:
+            key = (item.author.id, item.client_id)
+            existing = _existing(conn, item, seen.get(key)) if item.client_id else None
+            if existing is not None:
+                results.append((existing, False))
+                continue
+            message = Message(
+                next_id, item.room.id, item.room.slug, item.author.username, item.author.id,
+                item.body, item.html, item.created_at, item.client_id,
+            )
+            seen[key] = message
+            rows.append((next_id, item.room.id, item.author.id, item.body, item.html,
+                         item.created_at, item.client_id))
+            last[item.room.id] = next_id
+            results.append((message, True))
+            next_id += 1
+        conn.executemany(
+            "INSERT INTO messages (id, room_id, user_id, body, html, created_at, client_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        conn.executemany(
+            "UPDATE rooms SET last_message_id = ? WHERE id = ?",
+            [(mid, rid) for rid, mid in last.items()],
+        )
+    return results
+
+
+def _existing(conn: sqlite3.Connection, item: Pending, in_batch: Message | None) -> Message | None:
+    """A message this author already sent with the same client_id (a retry)."""
+    if in_batch is not None:
+        return in_batch
+    row = conn.execute(
+        "SELECT m.id, m.room_id, r.slug, m.body, m.html, m.created_at FROM messages m"
+        " JOIN rooms r ON r.id = m.room_id WHERE m.user_id = ? AND m.client_id = ?",
+        (item.author.id, item.client_id),
+    ).fetchone()
+    if row is None:
+        return None
+    return Message(row[0], row[1], row[2], item.author.username, item.author.id,
+                   row[3], row[4], row[5], item.client_id)

@@ -1,0 +1,414 @@
+"""Browser pages, partials and the HTMX socket. Server-rendered; htmx makes it live."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import WSMsgType, web
+
+from chatd.auth import (
+    FORM_COOKIE,
+    check_form_token,
+    check_session_csrf,
+    clear_session_cookie,
+    client_ip,
+    form_token,
+    identify,
+    is_loopback,
+    origin_ok,
+    read_form,
+    session_cookie,
+    set_form_cookie,
+)
+from chatd.errors import BadInput, ChatdError, Forbidden, RateLimited, Unauthorized
+from chatd.hub import Conn
+from chatd.metrics import render_metrics
+from chatd.models import Message, Room, User, rfc3339
+from chatd.services import Services, parse_int
+from chatd.state import CONFIG, SERVICES, STORE
+
+log = logging.getLogger("chatd.views")
+routes = web.RouteTableDef()
+ONLINE_SHOWN = 100
+
+
+def _svc(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def safe_next(target: str | None) -> str:
+    """Only a local path may follow a sign-in; anything else goes home."""
+    if not target or not isinstance(target, str) or len(target) > 2000:
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    if "\\" in target or any(ord(ch) < 32 for ch in target):
+        return "/"
+    return target
+
+
+async def page_user(request: web.Request) -> tuple[User, Any]:
+    """The signed-in user of a page, or a 303 to the sign-in form."""
+    found = await identify(request)
+    if found is None:
+        raise web.HTTPSeeOther(f"/login?next={quote(request.path_qs, safe='')}")
+    return found
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+
+class HtmlRenderer:
+    """Fragments for browser tabs, rendered with the same templates as the pages."""
+
+    def __init__(self, env: jinja2.Environment) -> None:
+        self._message = env.get_template("_message.html")
+        self._online = env.get_template("_online.html")
+
+    def message_fragment(self, message: Message, variant: str) -> str:
+        return self._message.render(m=message, variant=variant, oob=False)
+
+    def online_fragment(self, names: list[str]) -> str:
+        return self._online.render(online=names[:ONLINE_SHOWN], more=max(0, len(names) - ONLINE_SHOWN), oob=True)
+
+
+def variant_for(message: Message, user: User) -> str:
+    if message.author_id == user.id:
+        return "mine"
+    if f'data-mention="{user.username}"' in message.html:
+        return "mention"
+    return "other"
+
+
+def setup_templates(app: web.Application, path: str) -> jinja2.Environment:
+    env = aiohttp_jinja2.setup(
+        app, loader=jinja2.FileSystemLoader(path), autoescape=jinja2.select_autoescape(default=True),
+        trim_blocks=True, lstrip_blocks=True,
+    )
+    env.globals["variant_for"] = variant_for
+    env.filters["iso"] = rfc3339
+    env.filters["hhmm"] = lambda ts: rfc3339(ts)[11:16]
+    return env
+
+
+# -- sign-in, sign-out, first-run setup ----------------------------------------------------------
+
+
+def _form_page(request: web.Request, template: str, ctx: dict[str, Any], status: int = 200) -> web.Response:
+    cookies: dict[str, str] = {}
+    ctx["csrf"] = form_token(request, cookies)
+    response = aiohttp_jinja2.render_template(template, request, ctx, status=status)
+    if FORM_COOKIE in cookies:
+        set_form_cookie(response, request, cookies[FORM_COOKIE])
+    return response
+
+
+@routes.get("/login")
+async def login_form(request: web.Request) -> web.Response:
+    if await identify(request):
+        raise web.HTTPSeeOther(safe_next(request.query.get("next")))
+    return _form_page(request, "login.html", {"next": safe_next(request.query.get("next")), "title": "Sign in"})
+
+
+@routes.post("/login")
+async def login(request: web.Request) -> web.Response:
+    form = await read_form(request)
+    check_form_token(request, form)
+    target = safe_next(form.get("next"))
+    ctx = {"next": target, "username": str(form.get("username", ""))[:64], "title": "Sign in"}
+    try:
+        user = await _svc(request).accounts.authenticate(
+            form.get("username"), form.get("password"), client_ip(request)
+        )
+    except (Unauthorized, RateLimited) as exc:
+        ctx["error"] = exc.message
+        return _form_page(request, "login.html", ctx, status=401 if isinstance(exc, Unauthorized) else 429)
+    return await _signed_in(request, user, target)
+
+
+async def _signed_in(request: web.Request, user: User, target: str) -> web.Response:
+    token, _ = await _svc(request).accounts.start_session(user)
+    response = web.HTTPSeeOther(target)
+    session_cookie(response, request, token, request.app[CONFIG].session_days)
+    raise response
+
+
+@routes.post("/logout")
+async def logout(request: web.Request) -> web.Response:
+    found = await identify(request)
+    response = web.HTTPSeeOther("/login")
+    if found is not None:
+        user, credential = found
+        form = await read_form(request)
+        check_session_csrf(request, credential, form)
+        await _svc(request).accounts.end_session(credential)
+        await _svc(request).live.close_credential(credential.token_hash)
+        log.info("event=logout user=%s", user.username)
+    clear_session_cookie(response)
+    raise response
+
+
+@routes.get("/setup")
+async def setup_form(request: web.Request) -> web.Response:
+    token = request.query.get("token", "")
+    if not await _svc(request).accounts.setup_open(token):
+        raise ChatdError("This setup link has been used or has expired. Sign in instead.", code="not_found", status=404)
+    return _form_page(request, "setup.html", {"token": token, "title": "Set up chatd"})
+
+
+@routes.post("/setup")
+async def setup(request: web.Request) -> web.Response:
+    form = await read_form(request)
+    check_form_token(request, form)
+    token = str(form.get("token", ""))
+    accounts = _svc(request).accounts
+    if not await accounts.setup_open(token):
+        raise ChatdError("This setup link has been used or has expired. Sign in instead.", code="not_found", status=404)
+    if form.get("password") != form.get("password2"):
+        ctx = {"token": token, "username": str(form.get("username", ""))[:64],
+               "error": "the two passwords differ", "title": "Set up chatd"}
+        return _form_page(request, "setup.html", ctx, status=400)
+    try:
+        user = await accounts.complete_setup(token, form.get("username"), form.get("password"))
+    except BadInput as exc:
+        ctx = {"token": token, "username": str(form.get("username", ""))[:64], "error": exc.message,
+               "title": "Set up chatd"}
+        return _form_page(request, "setup.html", ctx, status=400)
+    await _svc(request).live.refresh_users()
+    return await _signed_in(request, user, "/")
+
+
+# -- pages ----------------------------------------------------------------------------------------
+
+
+@routes.get("/")
+async def home(request: web.Request) -> web.Response:
+    await page_user(request)
+    raise web.HTTPSeeOther("/r/general")
+
+
+async def _room_page(request: web.Request, user: User, credential: Any, room: Room) -> web.Response:
+    services = _svc(request)
+    page = request.app[CONFIG].history_page
+    messages = await services.store.messages(room, limit=page)
+    states = await services.chat.rooms_for(user)
+    ctx = {
+        "me": user, "room": room, "messages": messages, "csrf": credential.csrf,
+        "more": len(messages) == page, "title": _title(room, user),
+        "rooms": [s for s in states if s.room.kind != "dm"],
+        "dms": [s for s in states if s.room.kind == "dm" and (s.room.last_message_id or s.room.id == room.id)],
+        "online": services.live.online_in(room), "peer": _peer(room, user),
+        "last_id": messages[-1].id if messages else 0,
+    }
+    return aiohttp_jinja2.render_template("room.html", request, ctx)
+
+
+def _peer(room: Room, user: User) -> str | None:
+    if room.kind != "dm":
+        return None
+    first, _, second = room.slug.partition("+")
+    return second if first == user.username else first
+
+
+def _title(room: Room, user: User) -> str:
+    peer = _peer(room, user)
+    return f"@{peer}" if peer else f"#{room.name}"
+
+
+@routes.get("/r/{slug}")
+async def room_page(request: web.Request) -> web.Response:
+    user, credential = await page_user(request)
+    room = await _svc(request).chat.room_for(user, request.match_info["slug"])
+    if room.kind == "dm":
+        raise web.HTTPSeeOther(f"/dm/{_peer(room, user)}")
+    return await _room_page(request, user, credential, room)
+
+
+@routes.get("/dm/{username}")
+async def dm_page(request: web.Request) -> web.Response:
+    user, credential = await page_user(request)
+    room = await _svc(request).chat.open_dm(user, request.match_info["username"])
+    return await _room_page(request, user, credential, room)
+
+
+@routes.get("/r/{slug}/history")
+async def history(request: web.Request) -> web.Response:
+    """Older messages for infinite scroll: a page of history and the next sentinel."""
+    user, _ = await page_user(request)
+    page = request.app[CONFIG].history_page
+    room, messages = await _svc(request).chat.history(
+        user, request.match_info["slug"], before=request.query.get("before"), limit=page
+    )
+    ctx = {"me": user, "room": room, "messages": messages, "more": len(messages) == page}
+    return aiohttp_jinja2.render_template("_history.html", request, ctx)
+
+
+@routes.get("/rooms/new")
+async def new_room_form(request: web.Request) -> web.Response:
+    user, credential = await page_user(request)
+    return aiohttp_jinja2.render_template(
+        "new_room.html", request, {"me": user, "csrf": credential.csrf, "title": "New room"}
+    )
+
+
+@routes.post("/rooms/new")
+async def new_room(request: web.Request) -> web.Response:
+    user, credential = await page_user(request)
+    form = await read_form(request)
+    check_session_csrf(request, credential, form)
+    try:
+        room = await _svc(request).chat.create_room(
+            user, str(form.get("slug", "")).strip().lower(), form.get("name"), form.get("private") == "on"
+        )
+    except ChatdError as exc:
+        if exc.status not in (400, 409):
+            raise
+        ctx = {"me": user, "csrf": credential.csrf, "error": exc.message, "title": "New room",
+               "slug": str(form.get("slug", ""))[:64], "name": str(form.get("name", ""))[:80],
+               "private": form.get("private") == "on"}
+        return aiohttp_jinja2.render_template("new_room.html", request, ctx, status=exc.status)
+    raise web.HTTPSeeOther(f"/r/{room.slug}")
+
+
+@routes.get("/r/{slug}/members")
+async def members_page(request: web.Request) -> web.Response:
+    user, credential = await page_user(request)
+    room, names = await _svc(request).chat.members(user, request.match_info["slug"])
+    ctx = {"me": user, "room": room, "members": names, "csrf": credential.csrf,
+           "title": f"Members of #{room.name}", "error": request.query.get("error", "")[:200]}
+    return aiohttp_jinja2.render_template("members.html", request, ctx)
+
+
+@routes.post("/r/{slug}/members")
+async def members_change(request: web.Request) -> web.Response:
+    """Add a member, remove one (admins), or leave the room."""
+    user, credential = await page_user(request)
+    form = await read_form(request)
+    check_session_csrf(request, credential, form)
+    chat, slug = _svc(request).chat, request.match_info["slug"]
+    action, name = form.get("action"), str(form.get("username", "")).strip()
+    try:
+        if action == "add":
+            await chat.add_member(user, slug, name)
+        elif action == "remove":
+            await chat.remove_member(user, slug, name)
+        elif action == "leave":
+            await chat.remove_member(user, slug, user.username)
+            raise web.HTTPSeeOther("/r/general")
+        else:
+            raise BadInput("unknown action")
+    except (BadInput, ChatdError) as exc:
+        if exc.status not in (400, 404, 409) or action == "leave":
+            raise
+        raise web.HTTPSeeOther(f"/r/{slug}/members?error={quote(exc.message)}") from None
+    back = "/admin" if form.get("back") == "admin" and user.admin else f"/r/{slug}/members"
+    raise web.HTTPSeeOther(back)
+
+
+@routes.get("/admin")
+async def admin_page(request: web.Request) -> web.Response:
+    user, credential = await page_user(request)
+    if not user.admin:
+        raise Forbidden("only administrators can see this page")
+    rooms = await request.app[STORE].all_rooms()
+    ctx = {"me": user, "rooms": rooms, "csrf": credential.csrf, "title": "Administration"}
+    return aiohttp_jinja2.render_template("admin.html", request, ctx)
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    try:
+        await request.app[STORE].check()
+    except Exception:
+        return web.json_response({"status": "unavailable"}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/favicon.ico")
+async def favicon(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPMovedPermanently("/static/favicon.svg")
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; from loopback (not through a proxy) or with an admin's token."""
+    if not is_loopback(request) or "X-Forwarded-For" in request.headers:
+        found = await identify(request)
+        if found is None or not found[0].admin or found[1].kind != "token":
+            raise ChatdError("metrics are available from loopback or with an admin token",
+                             code="forbidden", status=403)
+    return web.Response(text=render_metrics(request.app), content_type="text/plain", charset="utf-8")
+
+
+# -- the browser's socket ---------------------------------------------------------------------------
+
+
+@routes.get("/ws")
+async def browser_socket(request: web.Request) -> web.StreamResponse:
+    """One per tab: HTML fragments out, htmx form values in."""
+    services = _svc(request)
+    config = request.app[CONFIG]
+    found = await identify(request)
+    if found is None or found[1].kind != "session":
+        raise Unauthorized("sign in first")
+    user, credential = found
+    if not origin_ok(request, required=True):
+        raise Forbidden("cross-site WebSocket refused")
+    room = await services.chat.room_for(user, request.query.get("room"))
+    since = parse_int(request.query.get("since"), "since", default=None, low=0)
+    if services.hub.count_for(user.id) >= config.connections_per_user:
+        raise RateLimited("too many open connections for this user", 5)
+    ws = web.WebSocketResponse(heartbeat=30, compress=False, max_msg_size=config.max_frame_bytes)
+    await ws.prepare(request)
+    conn = Conn(user, "browser", ws, request.transport, credential, room_id=room.id)  # type: ignore[arg-type]
+    tasks: set[asyncio.Task[None]] = set()
+    try:
+        await services.live.attach(conn, since, room)
+        states = await services.chat.rooms_for(user)
+        services.live.send(conn, {"unread_all": {s.room.slug: s.unread for s in states}})
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                task = asyncio.create_task(_tab_frame(services, conn, room, msg.data))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+    finally:
+        services.live.detach(conn)
+        for task in tasks:
+            task.cancel()
+    return ws
+
+
+async def _tab_frame(services: Services, conn: Conn, room: Room, raw: str) -> None:
+    """A frame from htmx: the composer (send), typing, or a read mark."""
+    frame: Any = None
+    try:
+        frame = json.loads(raw)
+        if not isinstance(frame, dict):
+            raise BadInput("frames must be JSON objects")
+        kind = frame.get("type", "send")
+        if kind == "send":
+            message, created = await services.chat.post_in(
+                conn.user, room, frame.get("body"), frame.get("client_id")
+            )
+            if not created:
+                services.hub.send_to([conn], services.live.message_frame(message, conn))
+        elif kind == "typing":
+            services.chat.typing(conn.user, room)
+        elif kind == "read":
+            await services.chat.mark_read_in(conn.user, room, frame.get("message_id"))
+        else:
+            raise BadInput("unknown frame type")
+    except ValueError:
+        services.live.send(conn, {"error": "frames must be JSON", "client_id": None})
+    except ChatdError as exc:
+        cid = frame.get("client_id") if isinstance(frame, dict) else None
+        services.live.send(conn, {"error": exc.message, "code": exc.code,
+                                  "client_id": cid if isinstance(cid, str) else None})
+
