@@ -25,7 +25,7 @@ log = logging.getLogger("chatd.http")
 
 SESSION_COOKIE = "chatd_session"
 FORM_COOKIE = "chatd_form"
-USER_KEY = "chatd.user"
+USER_KEY = web.RequestKey("chatd_user", object)
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "

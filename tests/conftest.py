@@ -1,0 +1,206 @@
+"""Shared fixtures: the real app on a real SQLite file, real sockets, a real `chatd` process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession, ClientWebSocketResponse, CookieJar
+from aiohttp.test_utils import TestClient
+
+from chatd.app import create_app
+from chatd.config import Config
+from chatd.models import User
+from chatd.state import SERVICES
+
+PASSWORD = "correct horse battery"
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> Config:
+    """A config for tests: its own database file, fast auth polling."""
+    base = {"db": tmp_path / "chatd.db", "auth_poll_seconds": 0.05, "port": 0}
+    base.update(overrides)
+    return Config(**base)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return make_config(tmp_path)
+
+
+class Chat:
+    """A running app with helpers to make users, sign in and open sockets."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+
+    @property
+    def app(self):
+        return self.client.app
+
+    @property
+    def services(self):
+        return self.client.app[SERVICES]
+
+    def url(self, path: str) -> str:
+        return str(self.client.make_url(path))
+
+    async def user(self, name: str, admin: bool = False, password: str = PASSWORD) -> User:
+        return await self.services.accounts.create_user(name, password, admin)
+
+    async def token(self, name: str) -> str:
+        return await self.services.accounts.create_token(name)
+
+    async def bearer(self, name: str, admin: bool = False) -> dict[str, str]:
+        """Create the user if needed and return Authorization headers for them."""
+        if await self.services.store.user_by_name(name) is None:
+            await self.user(name, admin)
+        return {"Authorization": f"Bearer {await self.token(name)}"}
+
+    async def browser(self, name: str, password: str = PASSWORD) -> ClientSession:
+        """A separate cookie jar signed in through the real login form."""
+        session = ClientSession(base_url=str(self.client.make_url("/")), cookie_jar=CookieJar(unsafe=True))
+        await login(session, name, password)
+        return session
+
+    async def stream(self, headers: dict[str, str], since: int | None = None) -> ClientWebSocketResponse:
+        path = "/api/v1/stream" + (f"?since={since}" if since is not None else "")
+        return await self.client.ws_connect(path, headers=headers)
+
+
+async def login(session: ClientSession, name: str, password: str = PASSWORD, next_: str = "/") -> Any:
+    page = await session.get("/login")
+    html = await page.text()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+    return await session.post(
+        "/login", data={"username": name, "password": password, "csrf": csrf, "next": next_},
+        allow_redirects=False,
+    )
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+@pytest.fixture
+async def chat(aiohttp_client: Callable[..., Any], config: Config) -> Chat:
+    client = await aiohttp_client(create_app(config))
+    return Chat(client)
+
+
+@pytest.fixture
+def make_chat(aiohttp_client: Callable[..., Any], tmp_path: Path) -> Callable[..., Any]:
+    """Build a chat app with config overrides: `await make_chat(messages_per_second=1)`."""
+
+    async def make(**overrides: Any) -> Chat:
+        client = await aiohttp_client(create_app(make_config(tmp_path, **overrides)))
+        return Chat(client)
+
+    return make
+
+
+async def next_json(ws: ClientWebSocketResponse, kind: str | None = None, timeout: float = 10) -> dict:
+    """The next JSON event (of this type, skipping others) from a socket."""
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), timeout)
+        if msg.type.name != "TEXT":
+            raise AssertionError(f"socket ended: {msg.type.name} {msg.data!r}")
+        data = msg.json() if msg.data.startswith("{") else {"html": msg.data}
+        if kind is None or data.get("type") == kind:
+            return data
+
+
+# -- the real command as a subprocess ------------------------------------------------------
+
+
+def chatd_command() -> list[str]:
+    exe = shutil.which("chatd", path=str(Path(sys.executable).parent)) or shutil.which("chatd")
+    return [exe] if exe else [sys.executable, "-m", "chatd"]
+
+
+def run_cli(*args: str, db: Path, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [*chatd_command(), *args, "--db", str(db)], input=stdin, capture_output=True, text=True,
+        timeout=60, env=full_env, cwd=str(db.parent),
+    )
+
+
+class Server:
+    """`chatd serve` in a subprocess on a free port."""
+
+    def __init__(self, db: Path, *extra: str, env: dict | None = None) -> None:
+        self.db, self.extra, self.env = db, extra, env or {}
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+        self.banner: list[str] = []
+
+    def start(self, port: int = 0) -> Server:
+        self.proc = subprocess.Popen(
+            [*chatd_command(), "serve", "--db", str(self.db), "--port", str(port), *self.extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **self.env}, cwd=str(self.db.parent),
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if "listening on" not in line:
+            self.proc.kill()
+            raise AssertionError(f"chatd did not start: {line!r} {self.proc.stderr.read()}")
+        self.banner.append(line)
+        self.url = line.strip().rsplit(" ", 1)[-1]
+        return self
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[-1])
+
+    def read_line(self) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        self.banner.append(line)
+        return line
+
+    def terminate(self, timeout: float = 15) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stderr(self) -> str:
+        assert self.proc is not None and self.proc.stderr is not None
+        return self.proc.stderr.read()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    started: list[Server] = []
+
+    def factory(*extra: str, db: Path | None = None, env: dict | None = None) -> Server:
+        server = Server(db or tmp_path / "chatd.db", *extra, env=env)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        if server.proc and server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(10)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[ClientSession]:
+    async with ClientSession(cookie_jar=CookieJar(unsafe=True)) as session:
+        yield session

@@ -1,0 +1,192 @@
+"""The JSON API of the contract, against the real app and a real SQLite file."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import Chat
+
+
+async def test_me_requires_credentials(chat: Chat) -> None:
+    resp = await chat.client.get("/api/v1/me")
+    assert resp.status == 401
+    body = await resp.json()
+    assert body["error"]["code"] == "unauthorized"
+    resp = await chat.client.get("/api/v1/me", headers={"Authorization": "Bearer nope"})
+    assert resp.status == 401
+
+
+async def test_me_with_token(chat: Chat) -> None:
+    headers = await chat.bearer("alice", admin=True)
+    resp = await chat.client.get("/api/v1/me", headers=headers)
+    assert resp.status == 200
+    assert await resp.json() == {"username": "alice", "admin": True}
+
+
+async def test_general_exists_and_rooms_list(chat: Chat) -> None:
+    headers = await chat.bearer("alice")
+    resp = await chat.client.get("/api/v1/rooms", headers=headers)
+    rooms = (await resp.json())["rooms"]
+    assert {"slug": "general", "name": "general", "kind": "public", "unread": 0} in rooms
+
+
+async def test_post_and_read_back(chat: Chat) -> None:
+    headers = await chat.bearer("alice")
+    resp = await chat.client.post(
+        "/api/v1/rooms/general/messages", json={"body": "hello <b>world</b>", "client_id": "c-1"},
+        headers=headers,
+    )
+    assert resp.status == 201
+    message = (await resp.json())["message"]
+    assert message["author"] == "alice" and message["room"] == "general"
+    assert message["body"] == "hello <b>world</b>"
+    assert "&lt;b&gt;" in message["html"] and "<b>" not in message["html"]
+    assert message["client_id"] == "c-1"
+    assert message["created_at"].endswith("Z")
+    resp = await chat.client.get("/api/v1/rooms/general/messages", headers=headers)
+    assert [m["id"] for m in (await resp.json())["messages"]] == [message["id"]]
+
+
+async def test_history_paging(chat: Chat) -> None:
+    headers = await chat.bearer("alice")
+    ids = []
+    for i in range(7):
+        resp = await chat.client.post("/api/v1/rooms/general/messages", json={"body": f"m{i}"}, headers=headers)
+        ids.append((await resp.json())["message"]["id"])
+    assert ids == sorted(ids)
+
+    async def page(query: str) -> list[int]:
+        resp = await chat.client.get(f"/api/v1/rooms/general/messages?{query}", headers=headers)
+        assert resp.status == 200
+        return [m["id"] for m in (await resp.json())["messages"]]
+
+    assert await page("limit=3") == ids[-3:]
+    assert await page(f"before={ids[3]}&limit=2") == ids[1:3]
+    assert await page(f"after={ids[3]}&limit=2") == ids[4:6]
+    assert await page("") == ids
+    for bad in ("limit=abc", "before=x", "after=-1", "limit=0"):
+        resp = await chat.client.get(f"/api/v1/rooms/general/messages?{bad}", headers=headers)
+        assert resp.status == 400, bad
+    resp = await chat.client.get("/api/v1/rooms/general/messages?limit=1000", headers=headers)
+    assert resp.status == 200
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        ({"body": ""}, 400),
+        ({"body": "   \n\t "}, 400),
+        ({"body": 5}, 400),
+        ({}, 400),
+        ({"body": "x" * 10_001}, 413),
+        ({"body": "x", "client_id": 7}, 400),
+    ],
+)
+async def test_bad_bodies(chat: Chat, payload: dict, status: int) -> None:
+    headers = await chat.bearer("alice")
+    resp = await chat.client.post("/api/v1/rooms/general/messages", json=payload, headers=headers)
+    assert resp.status == status
+    assert "error" in await resp.json()
+    resp = await chat.client.get("/api/v1/rooms/general/messages", headers=headers)
+    assert (await resp.json())["messages"] == []
+
+
+async def test_body_limit_counts_characters_not_bytes(chat: Chat) -> None:
+    headers = await chat.bearer("alice")
+    resp = await chat.client.post(
+        "/api/v1/rooms/general/messages", json={"body": "é" * 10_000}, headers=headers
+    )
+    assert resp.status == 201
+
+
+async def test_malformed_json(chat: Chat) -> None:
+    headers = await chat.bearer("alice")
+    for raw in (b"{", b"[]", b"null", b"\xff\xfe"):
+        resp = await chat.client.post(
+            "/api/v1/rooms/general/messages", data=raw, headers={**headers, "Content-Type": "application/json"}
+        )
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "bad_request"
+
+
+async def test_unknown_room_is_404(chat: Chat) -> None:
+    headers = await chat.bearer("alice")
+    resp = await chat.client.get("/api/v1/rooms/nope/messages", headers=headers)
+    assert resp.status == 404
+    assert (await resp.json())["error"]["code"] == "not_found"
+    resp = await chat.client.post("/api/v1/rooms/nope/messages", json={"body": "x"}, headers=headers)
+    assert resp.status == 404
+
+
+async def test_create_room(chat: Chat) -> None:
+    headers = await chat.bearer("alice")
+    resp = await chat.client.post("/api/v1/rooms", json={"slug": "design", "name": "Design"}, headers=headers)
+    assert resp.status == 201
+    assert (await resp.json())["room"] == {"slug": "design", "name": "Design", "kind": "public", "unread": 0}
+    resp = await chat.client.post("/api/v1/rooms", json={"slug": "design"}, headers=headers)
+    assert resp.status == 409
+    for bad in ({"slug": "Design"}, {"slug": ""}, {"slug": "a" * 65}, {"slug": "a b"}, {"slug": "x", "private": "yes"}):
+        resp = await chat.client.post("/api/v1/rooms", json=bad, headers=headers)
+        assert resp.status == 400, bad
+
+
+async def test_unread_counts_others_messages_above_read_mark(chat: Chat) -> None:
+    alice = await chat.bearer("alice")
+    bob = await chat.bearer("bob")
+    ids = []
+    for i in range(3):
+        resp = await chat.client.post("/api/v1/rooms/general/messages", json={"body": f"hi {i}"}, headers=alice)
+        ids.append((await resp.json())["message"]["id"])
+    await chat.client.post("/api/v1/rooms/general/messages", json={"body": "mine"}, headers=bob)
+
+    async def unread(headers: dict) -> int:
+        rooms = (await (await chat.client.get("/api/v1/rooms", headers=headers)).json())["rooms"]
+        return next(r["unread"] for r in rooms if r["slug"] == "general")
+
+    assert await unread(bob) == 3
+    assert await unread(alice) == 1
+    resp = await chat.client.post("/api/v1/rooms/general/read", json={"message_id": ids[1]}, headers=bob)
+    assert resp.status == 204
+    assert await unread(bob) == 1
+    # A read mark never moves back.
+    await chat.client.post("/api/v1/rooms/general/read", json={"message_id": ids[0]}, headers=bob)
+    assert await unread(bob) == 1
+    resp = await chat.client.post("/api/v1/rooms/general/read", json={"message_id": "x"}, headers=bob)
+    assert resp.status == 400
+
+
+async def test_retry_with_same_client_id_is_stored_once(chat: Chat) -> None:
+    headers = await chat.bearer("alice")
+    first = await chat.client.post(
+        "/api/v1/rooms/general/messages", json={"body": "once", "client_id": "abc"}, headers=headers
+    )
+    again = await chat.client.post(
+        "/api/v1/rooms/general/messages", json={"body": "once", "client_id": "abc"}, headers=headers
+    )
+    assert first.status == 201 and again.status == 200
+    assert (await first.json())["message"]["id"] == (await again.json())["message"]["id"]
+    resp = await chat.client.get("/api/v1/rooms/general/messages", headers=headers)
+    assert len((await resp.json())["messages"]) == 1
+
+
+async def test_healthz(chat: Chat) -> None:
+    resp = await chat.client.get("/healthz")
+    assert resp.status == 200
+    assert await resp.json() == {"status": "ok"}
+
+
+async def test_cookie_api_write_needs_same_origin(chat: Chat) -> None:
+    await chat.user("alice")
+    session = await chat.browser("alice")
+    async with session:
+        resp = await session.get("/api/v1/me")
+        assert resp.status == 200
+        resp = await session.post("/api/v1/rooms/general/messages", json={"body": "x"},
+                                  headers={"Origin": "http://evil.example"})
+        assert resp.status == 403
+        resp = await session.post("/api/v1/rooms/general/messages", json={"body": "x"})
+        assert resp.status == 403
+        origin = chat.url("/").rstrip("/")
+        resp = await session.post("/api/v1/rooms/general/messages", json={"body": "x"},
+                                  headers={"Origin": origin})
+        assert resp.status == 201
