@@ -92,7 +92,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        raise BadInput(f"{name} has a bad value: {value!r}") from None
+        raise BadInput(f"the setting {name} has a bad value: {value!r}") from None
 
 
 def read_toml(path: Path) -> dict[str, Any]:

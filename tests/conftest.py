@@ -26,8 +26,12 @@ PASSWORD = "correct horse battery"
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:
-    """A config for tests: its own database file, fast auth polling."""
-    base = {"db": tmp_path / "chatd.db", "auth_poll_seconds": 0.05, "port": 0}
+    """A config for tests: its own database file, fast auth polling, roomy flood limits.
+
+    Tests of the limits themselves pass small values through `make_chat`.
+    """
+    base = {"db": tmp_path / "chatd.db", "auth_poll_seconds": 0.05, "port": 0,
+            "messages_per_second": 1000.0, "message_burst": 1000}
     base.update(overrides)
     return Config(**base)
 
