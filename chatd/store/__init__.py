@@ -319,7 +319,7 @@ class Store:
 
         room = await self._reader.run(op)
         if room is None:
-            raise NotFound(f"no room {slug}")
+            raise NotFound("no such room")
         return room
 
     async def room_by_slug(self, slug: str) -> Room | None:
