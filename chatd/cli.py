@@ -115,6 +115,11 @@ async def _serve(config: Config) -> None:
     from chatd.app import create_app
     from chatd.state import SETUP_TOKEN
 
+    # Signals first: a SIGTERM that arrives during start-up still shuts down cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout_seconds)
     await runner.setup()
@@ -132,10 +137,6 @@ async def _serve(config: Config) -> None:
     if token:
         click.echo(f"No accounts yet. Create the first admin account at: {url}/setup?token={token}")
     sys.stdout.flush()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("event=stopping")
     await runner.cleanup()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -81,7 +82,9 @@ class Connection:
         self._db: aiosqlite.Connection | None = None
 
     async def open(self) -> None:
-        self._db = aiosqlite.Connection(lambda: connect_sync(self.path, self.sync), 64)
+        # Open and migrate first, so a failure is a clean exception with no thread left behind.
+        raw = await asyncio.to_thread(connect_sync, self.path, self.sync)
+        self._db = aiosqlite.Connection(lambda: raw, 64)
         await self._db
 
     async def close(self) -> None:

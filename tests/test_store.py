@@ -1,0 +1,122 @@
+"""Storage: migrations from the oldest schema, refusing newer ones, online backup under load."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from chatd.errors import SchemaTooNew
+from chatd.store import SCHEMA_VERSION, Store
+from chatd.store.schema import migrate
+from conftest import PASSWORD, Chat, run_cli
+
+
+def oldest_database(path: Path) -> None:
+    """A database exactly as the first released schema left it, with some data."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, upto=1)
+    conn.execute("INSERT INTO users (username, password_hash, created_at) VALUES ('old', 'x', 0)")
+    conn.execute("INSERT INTO rooms (slug, name, created_at) VALUES ('general', 'general', 0)")
+    conn.execute("INSERT INTO messages (room_id, user_id, body, html, created_at) VALUES (1, 1, 'hi', 'hi', 0)")
+    conn.close()
+
+
+async def test_upgrades_the_oldest_schema_in_place(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    oldest_database(db)
+    store = Store(db)
+    await store.open()
+    try:
+        room = (await store.rooms_for((await store.list_users())[0]))[0].room
+        assert room.slug == "general" and room.kind == "public" and room.last_message_id == 1
+        messages = await store.messages(room)
+        assert [(m.id, m.body, m.author) for m in messages] == [(1, "hi", "old")]
+    finally:
+        await store.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+async def test_refuses_a_database_from_a_newer_chatd(tmp_path: Path) -> None:
+    db = tmp_path / "new.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    store = Store(db)
+    with pytest.raises(SchemaTooNew, match="newer"):
+        await store.open()
+    result = run_cli("users", db=db)
+    assert result.returncode == 1
+    assert "newer than this chatd" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_migrations_are_idempotent_across_processes(tmp_path: Path) -> None:
+    db = tmp_path / "race.db"
+    errors = []
+
+    def open_one() -> None:
+        try:
+            conn = sqlite3.connect(db, isolation_level=None, timeout=10)
+            migrate(conn)
+            conn.close()
+        except Exception as exc:  # pragma: no cover - the assertion below reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM rooms WHERE slug = 'general'").fetchone()[0] == 1
+
+
+async def test_backup_while_the_server_writes(chat: Chat, tmp_path: Path) -> None:
+    alice = await chat.bearer("alice")
+    stop = asyncio.Event()
+    posted = 0
+
+    async def writer() -> None:
+        nonlocal posted
+        while not stop.is_set():
+            resp = await chat.client.post("/api/v1/rooms/general/messages", json={"body": "load"},
+                                          headers=alice)
+            assert resp.status == 201
+            posted += 1
+
+    tasks = [asyncio.create_task(writer()) for _ in range(4)]
+    while posted < 50:
+        await asyncio.sleep(0.01)
+    dest = tmp_path / "backup.db"
+    # The real CLI, in another process, against the database the app is writing.
+    result = await asyncio.to_thread(run_cli, "backup", str(dest), db=chat.services.store.path)
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(dest) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        count = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        assert 50 <= count <= posted
+        assert conn.execute("SELECT max(last_message_id) FROM rooms").fetchone()[0] == \
+            conn.execute("SELECT max(id) FROM messages").fetchone()[0]
+    # The copy is a working database: the CLI can use it.
+    assert run_cli("users", db=dest).stdout.split() == ["alice"]
+
+
+async def test_restore_from_backup(tmp_path: Path, server_factory) -> None:
+    db = tmp_path / "chatd.db"
+    run_cli("adduser", "alice", "--password-stdin", db=db, stdin=PASSWORD + "\n")
+    backup = tmp_path / "backup.db"
+    assert run_cli("backup", str(backup), db=db).returncode == 0
+    run_cli("adduser", "bob", "--password-stdin", db=db, stdin=PASSWORD + "\n")
+    restored = tmp_path / "restored.db"
+    restored.write_bytes(backup.read_bytes())
+    assert run_cli("users", db=restored).stdout.split() == ["alice"]
+    server = server_factory(db=restored).start()
+    assert server.terminate() == 0
