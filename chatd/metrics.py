@@ -32,7 +32,7 @@ def render_metrics(app: web.Application) -> str:
         "# TYPE chatd_sqlite_write_seconds histogram",
     ]
     running = 0
-    for bound, count in zip(m.write_buckets, m.write_counts):
+    for bound, count in zip(m.write_buckets, m.write_counts[:-1], strict=True):
         running += count
         lines.append(f'chatd_sqlite_write_seconds_bucket{{le="{bound}"}} {running}')
     running += m.write_counts[-1]

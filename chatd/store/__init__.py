@@ -6,19 +6,23 @@ every write goes through the single writer connection, one transaction each.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
-from chatd.errors import Conflict, NotFound
+from chatd.errors import Conflict, NotFound, StorageUnavailable
 from chatd.models import Message, Room, RoomState, User
 from chatd.store.db import Connection, connect_sync, storage_error, transaction
 from chatd.store.schema import SCHEMA_VERSION
 from chatd.store.writer import MessageWriter, OnCommit, OnLatency
 
 __all__ = ["Store", "SCHEMA_VERSION"]
+T = TypeVar("T")
 
 _USER = "SELECT id, username, admin, active, read_floor FROM users"
 _ROOM = "SELECT id, slug, name, kind, last_message_id FROM rooms"
@@ -53,14 +57,33 @@ class Store:
         self._writer = Connection(self.path, sync)
         self._reader = Connection(self.path, sync)
         self.messages_writer: MessageWriter | None = None
+        self._inline: sqlite3.Connection | None = None
+
+    def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a small read on the event loop's own thread.
+
+        Point lookups and pages of at most a few hundred rows take tens of
+        microseconds in SQLite, less than a hop to a worker thread and back;
+        WAL means they never wait for the writer. Big reads use `_reader`.
+        """
+        if self._inline is None:
+            raise StorageUnavailable("the database is closed")
+        try:
+            return fn(self._inline, *args)
+        except sqlite3.Error as exc:
+            raise storage_error(exc) or StorageUnavailable("the database could not be read") from None
 
     async def open(self) -> None:
         await self._writer.open()  # creates and migrates the file first
         await self._reader.open()
+        self._inline = await asyncio.to_thread(connect_sync, self.path, self.sync)
 
     async def close(self) -> None:
         if self.messages_writer is not None:
             await self.messages_writer.stop()
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
         await self._reader.close()
         await self._writer.close()
 
@@ -70,7 +93,7 @@ class Store:
         return self.messages_writer
 
     async def check(self) -> None:
-        await self._reader.run(lambda c: c.execute("SELECT 1").fetchone())
+        self._read(lambda c: c.execute("SELECT 1").fetchone())
 
     # -- accounts -----------------------------------------------------------
 
@@ -131,10 +154,10 @@ class Store:
                 return False
             return conn.execute("SELECT 1 FROM users LIMIT 1").fetchone() is None
 
-        return await self._reader.run(op)
+        return self._read(op)
 
     async def count_users(self) -> int:
-        return await self._reader.run(lambda c: c.execute("SELECT count(*) FROM users").fetchone()[0])
+        return self._read(lambda c: c.execute("SELECT count(*) FROM users").fetchone()[0])
 
     async def user_with_hash(self, username: str) -> tuple[User, str] | None:
         def op(conn: sqlite3.Connection) -> tuple[User, str] | None:
@@ -145,20 +168,20 @@ class Store:
             ).fetchone()
             return None if row is None else (_user(row[:5]), row[5])
 
-        return await self._reader.run(op)
+        return self._read(op)
 
     async def user_by_name(self, username: str) -> User | None:
-        return await self._reader.run(
+        return self._read(
             lambda c: _user(c.execute(f"{_USER} WHERE username = ? AND active = 1", (username,)).fetchone())
         )
 
     async def list_users(self) -> list[User]:
-        return await self._reader.run(
+        return self._read(
             lambda c: [_user(r) for r in c.execute(f"{_USER} ORDER BY username").fetchall()]
         )
 
     async def active_usernames(self) -> set[str]:
-        return await self._reader.run(
+        return self._read(
             lambda c: {r[0] for r in c.execute("SELECT username FROM users WHERE active = 1")}
         )
 
@@ -232,7 +255,7 @@ class Store:
             ).fetchone()
             return None if row is None else (_user(row[:5]), row[5])
 
-        return await self._reader.run(op)
+        return self._read(op)
 
     async def create_token(self, user_id: int, token_hash: bytes, label: str) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -245,7 +268,7 @@ class Store:
         await self._writer.run(op)
 
     async def user_for_token(self, token_hash: bytes) -> User | None:
-        return await self._reader.run(
+        return self._read(
             lambda c: _user(
                 c.execute(
                     "SELECT u.id, u.username, u.admin, u.active, u.read_floor FROM tokens t"
@@ -256,7 +279,7 @@ class Store:
         )
 
     async def auth_version(self) -> int:
-        return await self._reader.run(
+        return self._read(
             lambda c: int(c.execute("SELECT value FROM meta WHERE key = 'auth_version'").fetchone()[0])
         )
 
@@ -317,14 +340,14 @@ class Store:
                 ).fetchone()
             )
 
-        room = await self._reader.run(op)
+        room = self._read(op)
         if room is None:
             raise NotFound("no such room")
         return room
 
     async def room_by_slug(self, slug: str) -> Room | None:
         """Any room, for administrators' membership management only."""
-        return await self._reader.run(
+        return self._read(
             lambda c: _room(c.execute(f"{_ROOM} WHERE slug = ?", (slug,)).fetchone())
         )
 
@@ -347,7 +370,7 @@ class Store:
                 states.append(RoomState(room, unread, peer))
             return states
 
-        return await self._reader.run(op)
+        return self._read(op)
 
     async def unread(self, user: User, room: Room) -> int:
         def op(conn: sqlite3.Connection) -> int:
@@ -359,7 +382,7 @@ class Store:
             latest = conn.execute(f"{_ROOM} WHERE id = ?", (room.id,)).fetchone()
             return _count_unread(conn, _room(latest), mark, user.id)
 
-        return await self._reader.run(op)
+        return self._read(op)
 
     async def open_dm(self, slug: str, first: User, second: User) -> Room:
         """The one DM room of this pair, created on first use."""
@@ -406,7 +429,7 @@ class Store:
         return await self._writer.run(op)
 
     async def members(self, room: Room) -> list[str]:
-        return await self._reader.run(
+        return self._read(
             lambda c: [
                 r[0]
                 for r in c.execute(
@@ -503,7 +526,7 @@ class Store:
             ).fetchall()
             return _messages(rows[::-1])
 
-        return await self._reader.run(op)
+        return self._read(op)
 
     async def messages_since(self, user: User, since: int, limit: int = 1000) -> list[Message]:
         """The newest `limit` messages above `since` in every room this user may read."""
@@ -520,7 +543,7 @@ class Store:
         return await self._reader.run(op)
 
     async def latest_message_id(self) -> int:
-        return await self._reader.run(
+        return self._read(
             lambda c: c.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
         )
 

@@ -97,7 +97,7 @@ class MessageWriter:
             self._on_commit([message for message, created in results if created])
         except Exception:  # a publishing bug must not lose acknowledgements
             log.exception("event=publish_failed")
-        for item, result in zip(batch, results):
+        for item, result in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)
 
