@@ -38,7 +38,7 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", 0x80 | OP_TEXT, 127, n) + payload
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Conn:
     """One open socket: an event-stream client or a browser tab."""
 

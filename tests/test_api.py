@@ -190,3 +190,16 @@ async def test_cookie_api_write_needs_same_origin(chat: Chat) -> None:
         resp = await session.post("/api/v1/rooms/general/messages", json={"body": "x"},
                                   headers={"Origin": origin})
         assert resp.status == 201
+
+
+async def test_reused_client_id_with_new_body_is_a_new_message(chat: Chat) -> None:
+    headers = await chat.bearer("alice")
+    bodies = ["one", "two", "one"]
+    ids = []
+    for body in bodies:
+        resp = await chat.client.post("/api/v1/rooms/general/messages",
+                                      json={"body": body, "client_id": "same"}, headers=headers)
+        ids.append(((await resp.json())["message"]["id"], resp.status))
+    assert ids[0][1] == 201 and ids[1][1] == 201 and ids[1][0] != ids[0][0]
+    # "one" again with the same client_id is a retry of the first: no new message.
+    assert ids[2] == (ids[0][0], 200)

@@ -246,3 +246,15 @@ async def test_favicon_and_static(chat: Chat) -> None:
     resp = await chat.client.get("/static/vendor/htmx-4.0.1.min.js")
     assert resp.status == 200
     assert (await chat.client.get("/static/../chatd/app.py")).status == 404
+
+
+async def test_logout_from_a_script_without_form_token(chat: Chat) -> None:
+    await chat.user("alice")
+    alice = await chat.browser("alice")
+    async with alice:
+        resp = await alice.post("/logout", headers={"Origin": "http://evil.example"}, allow_redirects=False)
+        assert resp.status == 403
+        assert (await alice.get("/api/v1/me")).status == 200
+        resp = await alice.post("/logout", allow_redirects=False)
+        assert resp.status == 303 and resp.headers["Location"] == "/login"
+        assert (await alice.get("/api/v1/me")).status == 401

@@ -61,7 +61,7 @@ MIGRATIONS: list[str] = [
     INSERT INTO meta (key, value) VALUES ('auth_version', '0');
     """,
     # 4: room kinds; memberships (a row is membership of a private room or DM,
-    # and per-user read state in any room); idempotent sends by client_id.
+    # and per-user read state in any room); client_id on messages for retries.
     """
     ALTER TABLE rooms ADD COLUMN kind TEXT NOT NULL DEFAULT 'public'
         CHECK (kind IN ('public', 'private', 'dm'));
@@ -80,7 +80,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX memberships_user ON memberships(user_id, room_id);
     DROP INDEX messages_room;
     CREATE INDEX messages_room ON messages(room_id, id, user_id);
-    CREATE UNIQUE INDEX messages_client ON messages(user_id, client_id)
+    CREATE INDEX messages_client ON messages(user_id, client_id)
         WHERE client_id IS NOT NULL;
     """,
 ]

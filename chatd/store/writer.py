@@ -136,13 +136,18 @@ def _insert_batch(conn: sqlite3.Connection, batch: list[Pending]) -> list[tuple[
 
 
 def _existing(conn: sqlite3.Connection, item: Pending, in_batch: Message | None) -> Message | None:
-    """A message this author already sent with the same client_id (a retry)."""
+    """The same message already stored: same author, client_id, room and body (a retry).
+
+    A reused client_id with a different body or room is a new message, not a retry.
+    """
     if in_batch is not None:
-        return in_batch
+        same = in_batch.room_id == item.room.id and in_batch.body == item.body
+        return in_batch if same else None
     row = conn.execute(
         "SELECT m.id, m.room_id, r.slug, m.body, m.html, m.created_at FROM messages m"
-        " JOIN rooms r ON r.id = m.room_id WHERE m.user_id = ? AND m.client_id = ?",
-        (item.author.id, item.client_id),
+        " JOIN rooms r ON r.id = m.room_id WHERE m.user_id = ? AND m.client_id = ?"
+        " AND m.room_id = ? AND m.body = ? ORDER BY m.id DESC LIMIT 1",
+        (item.author.id, item.client_id, item.room.id, item.body),
     ).fetchone()
     if row is None:
         return None
