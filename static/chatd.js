@@ -179,8 +179,8 @@
     const a = document.createElement("a");
     a.href = dm ? `/dm/${encodeURIComponent(ev.from)}` : `/r/${encodeURIComponent(ev.unread)}`;
     const sigil = document.createElement("span");
-    sigil.className = "sigil";
-    sigil.textContent = dm ? "@" : ev.kind === "private" ? "🔒" : "#";
+    sigil.className = ev.kind === "private" ? "sigil lock" : "sigil";
+    sigil.textContent = dm ? "@" : ev.kind === "private" ? "" : "#";
     const label = document.createElement("span");
     label.className = "label";
     label.textContent = dm ? ev.from : ev.name;
