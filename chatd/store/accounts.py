@@ -1,0 +1,224 @@
+"""Accounts, sessions, API tokens and the first-run setup token."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from chatd.errors import Conflict, NotFound
+from chatd.models import User
+from chatd.store.base import _USER, StoreBase, _bump_auth, _user
+from chatd.store.db import transaction
+
+
+class AccountsStore(StoreBase):
+    # -- accounts -----------------------------------------------------------
+
+    async def create_user(self, username: str, password_hash: str, admin: bool) -> User:
+        def op(conn: sqlite3.Connection) -> User:
+            with transaction(conn):
+                try:
+                    cur = conn.execute(
+                        "INSERT INTO users (username, password_hash, admin, created_at, read_floor)"
+                        " VALUES (?, ?, ?, ?, (SELECT coalesce(max(id), 0) FROM messages))",
+                        (username, password_hash, int(admin), time.time()),
+                    )
+                except sqlite3.IntegrityError:
+                    raise Conflict(f"the user {username} already exists") from None
+                _bump_auth(conn)
+                return _user(conn.execute(f"{_USER} WHERE id = ?", (cur.lastrowid,)).fetchone())
+
+        return await self._writer.run(op)
+
+    async def create_first_admin(self, setup_hash: str, username: str, password_hash: str) -> User:
+        """Create the first account if the setup token matches and no account exists."""
+
+        def op(conn: sqlite3.Connection) -> User | None:
+            with transaction(conn):
+                row = conn.execute("SELECT value FROM meta WHERE key = 'setup_token'").fetchone()
+                if row is None or row[0] != setup_hash or conn.execute(
+                    "SELECT 1 FROM users LIMIT 1"
+                ).fetchone():
+                    return None
+                conn.execute("DELETE FROM meta WHERE key = 'setup_token'")
+                cur = conn.execute(
+                    "INSERT INTO users (username, password_hash, admin, created_at, read_floor)"
+                    " VALUES (?, ?, 1, ?, 0)",
+                    (username, password_hash, time.time()),
+                )
+                return _user(conn.execute(f"{_USER} WHERE id = ?", (cur.lastrowid,)).fetchone())
+
+        user = await self._writer.run(op)
+        if user is None:
+            raise NotFound("this setup link has been used or has expired")
+        return user
+
+    async def set_setup_token(self, setup_hash: str | None) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute("DELETE FROM meta WHERE key = 'setup_token'")
+                if setup_hash is not None:
+                    conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ('setup_token', ?)", (setup_hash,)
+                    )
+
+        await self._writer.run(op)
+
+    async def setup_token_valid(self, setup_hash: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'setup_token'").fetchone()
+            if row is None or row[0] != setup_hash:
+                return False
+            return conn.execute("SELECT 1 FROM users LIMIT 1").fetchone() is None
+
+        return self._read(op)
+
+    async def count_users(self) -> int:
+        return self._read(lambda c: c.execute("SELECT count(*) FROM users").fetchone()[0])
+
+    async def user_with_hash(self, username: str) -> tuple[User, str] | None:
+        def op(conn: sqlite3.Connection) -> tuple[User, str] | None:
+            row = conn.execute(
+                "SELECT id, username, admin, active, read_floor, password_hash FROM users"
+                " WHERE username = ?",
+                (username,),
+            ).fetchone()
+            return None if row is None else (_user(row[:5]), row[5])
+
+        return self._read(op)
+
+    async def user_by_name(self, username: str) -> User | None:
+        return self._read(
+            lambda c: _user(c.execute(f"{_USER} WHERE username = ? AND active = 1", (username,)).fetchone())
+        )
+
+    async def list_users(self) -> list[User]:
+        return self._read(
+            lambda c: [_user(r) for r in c.execute(f"{_USER} ORDER BY username").fetchall()]
+        )
+
+    async def active_usernames(self) -> set[str]:
+        return self._read(
+            lambda c: {r[0] for r in c.execute("SELECT username FROM users WHERE active = 1")}
+        )
+
+    async def set_password(self, username: str, password_hash: str) -> None:
+        """Set a password and end every session of that user."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                cur = conn.execute(
+                    "UPDATE users SET password_hash = ? WHERE username = ? AND active = 1",
+                    (password_hash, username),
+                )
+                if cur.rowcount == 0:
+                    raise NotFound(f"no active user named {username}")
+                conn.execute(
+                    "DELETE FROM sessions WHERE user_id = (SELECT id FROM users WHERE username = ?)",
+                    (username,),
+                )
+                _bump_auth(conn)
+
+        await self._writer.run(op)
+
+    async def deactivate_user(self, username: str) -> None:
+        """Deactivate an account in one transaction; its messages stay."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                row = conn.execute(
+                    "UPDATE users SET active = 0 WHERE username = ? AND active = 1 RETURNING id",
+                    (username,),
+                ).fetchone()
+                if row is None:
+                    raise NotFound(f"no active user named {username}")
+                conn.execute("DELETE FROM sessions WHERE user_id = ?", (row[0],))
+                conn.execute("DELETE FROM tokens WHERE user_id = ?", (row[0],))
+                _bump_auth(conn)
+
+        await self._writer.run(op)
+
+    # -- sessions and tokens ------------------------------------------------
+
+    async def create_session(self, user_id: int, token_hash: bytes, csrf: str, ttl: float) -> None:
+        now = time.time()
+
+        def op(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute("DELETE FROM sessions WHERE expires_at < ?", (now,))
+                conn.execute(
+                    "INSERT INTO sessions (token_hash, user_id, csrf, created_at, expires_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (token_hash, user_id, csrf, now, now + ttl),
+                )
+
+        await self._writer.run(op)
+
+    async def delete_session(self, token_hash: bytes) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+                _bump_auth(conn)
+
+        await self._writer.run(op)
+
+    async def user_for_session(self, token_hash: bytes) -> tuple[User, str] | None:
+        def op(conn: sqlite3.Connection) -> tuple[User, str] | None:
+            row = conn.execute(
+                "SELECT u.id, u.username, u.admin, u.active, u.read_floor, s.csrf FROM sessions s"
+                " JOIN users u ON u.id = s.user_id"
+                " WHERE s.token_hash = ? AND s.expires_at > ? AND u.active = 1",
+                (token_hash, time.time()),
+            ).fetchone()
+            return None if row is None else (_user(row[:5]), row[5])
+
+        return self._read(op)
+
+    async def create_token(self, user_id: int, token_hash: bytes, label: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO tokens (token_hash, user_id, label, created_at) VALUES (?, ?, ?, ?)",
+                    (token_hash, user_id, label, time.time()),
+                )
+
+        await self._writer.run(op)
+
+    async def user_for_token(self, token_hash: bytes) -> User | None:
+        return self._read(
+            lambda c: _user(
+                c.execute(
+                    "SELECT u.id, u.username, u.admin, u.active, u.read_floor FROM tokens t"
+                    " JOIN users u ON u.id = t.user_id WHERE t.token_hash = ? AND u.active = 1",
+                    (token_hash,),
+                ).fetchone()
+            )
+        )
+
+    async def auth_version(self) -> int:
+        return self._read(
+            lambda c: int(c.execute("SELECT value FROM meta WHERE key = 'auth_version'").fetchone()[0])
+        )
+
+    async def live_credentials(self, sessions: list[bytes], tokens: list[bytes]) -> set[bytes]:
+        """Which of these session and token hashes still authenticate an active user."""
+
+        def op(conn: sqlite3.Connection) -> set[bytes]:
+            live: set[bytes] = set()
+            now = time.time()
+            for h in sessions:
+                if conn.execute(
+                    "SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id"
+                    " WHERE s.token_hash = ? AND s.expires_at > ? AND u.active = 1", (h, now)
+                ).fetchone():
+                    live.add(h)
+            for h in tokens:
+                if conn.execute(
+                    "SELECT 1 FROM tokens t JOIN users u ON u.id = t.user_id"
+                    " WHERE t.token_hash = ? AND u.active = 1", (h,)
+                ).fetchone():
+                    live.add(h)
+            return live
+
+        return await self._reader.run(op)
+

@@ -1,0 +1,89 @@
+"""The store's connections and row helpers, shared by its parts."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from chatd.errors import StorageUnavailable
+from chatd.models import Message, Room, User
+from chatd.store.db import Connection, connect_sync, storage_error
+from chatd.store.writer import MessageWriter, OnCommit, OnLatency
+
+T = TypeVar("T")
+
+_USER = "SELECT id, username, admin, active, read_floor FROM users"
+_ROOM = "SELECT id, slug, name, kind, last_message_id FROM rooms"
+_MESSAGE = (
+    "SELECT m.id, m.room_id, r.slug, u.username, m.user_id, m.body, m.html, m.created_at,"
+    " m.client_id FROM messages m JOIN rooms r ON r.id = m.room_id"
+    " JOIN users u ON u.id = m.user_id"
+)
+
+
+def _user(row: tuple | None) -> User | None:
+    return None if row is None else User(row[0], row[1], bool(row[2]), bool(row[3]), row[4])
+
+
+def _room(row: tuple | None) -> Room | None:
+    return None if row is None else Room(row[0], row[1], row[2], row[3], row[4])
+
+
+def _messages(rows: list[tuple]) -> list[Message]:
+    return [Message(*row) for row in rows]
+
+
+def _bump_auth(conn: sqlite3.Connection) -> None:
+    """Tell running servers that sessions or tokens changed (they poll this)."""
+    conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'auth_version'")
+
+
+class StoreBase:
+    """Connections: one writer thread, one reader thread, one inline reader."""
+
+    def __init__(self, path: Path, sync: str = "normal") -> None:
+        self.path = Path(path)
+        self.sync = sync
+        self._writer = Connection(self.path, sync)
+        self._reader = Connection(self.path, sync)
+        self.messages_writer: MessageWriter | None = None
+        self._inline: sqlite3.Connection | None = None
+
+    def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a small read on the event loop's own thread.
+
+        Point lookups and pages of at most a few hundred rows take tens of
+        microseconds in SQLite, less than a hop to a worker thread and back;
+        WAL means they never wait for the writer. Big reads use `_reader`.
+        """
+        if self._inline is None:
+            raise StorageUnavailable("the database is closed")
+        try:
+            return fn(self._inline, *args)
+        except sqlite3.Error as exc:
+            raise storage_error(exc) or StorageUnavailable("the database could not be read") from None
+
+    async def open(self) -> None:
+        await self._writer.open()  # creates and migrates the file first
+        await self._reader.open()
+        self._inline = await asyncio.to_thread(connect_sync, self.path, self.sync)
+
+    async def close(self) -> None:
+        if self.messages_writer is not None:
+            await self.messages_writer.stop()
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
+        await self._reader.close()
+        await self._writer.close()
+
+    def start_writer(self, on_commit: OnCommit, on_latency: OnLatency) -> MessageWriter:
+        self.messages_writer = MessageWriter(self._writer, on_commit, on_latency)
+        self.messages_writer.start()
+        return self.messages_writer
+
+    async def check(self) -> None:
+        self._read(lambda c: c.execute("SELECT 1").fetchone())

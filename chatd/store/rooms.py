@@ -1,0 +1,270 @@
+"""Rooms, memberships, read marks and message history."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from chatd.errors import Conflict, NotFound
+from chatd.models import Message, Room, RoomState, User
+from chatd.store.base import _MESSAGE, _ROOM, StoreBase, _messages, _room
+from chatd.store.db import transaction
+
+
+class RoomsStore(StoreBase):
+    # -- rooms and memberships ----------------------------------------------
+
+    async def create_room(self, slug: str, name: str, kind: str, creator: User) -> Room:
+        def op(conn: sqlite3.Connection) -> Room:
+            with transaction(conn):
+                try:
+                    cur = conn.execute(
+                        "INSERT INTO rooms (slug, name, kind, created_by, created_at)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (slug, name, kind, creator.id, time.time()),
+                    )
+                except sqlite3.IntegrityError:
+                    raise Conflict(f"the room {slug} already exists") from None
+                if kind != "public":
+                    conn.execute(
+                        "INSERT INTO memberships (room_id, user_id) VALUES (?, ?)",
+                        (cur.lastrowid, creator.id),
+                    )
+                return _room(conn.execute(f"{_ROOM} WHERE id = ?", (cur.lastrowid,)).fetchone())
+
+        return await self._writer.run(op)
+
+    async def room_for(self, user: User, slug: str) -> Room:
+        """The room if this user may read it; otherwise NotFound, exactly as for no room."""
+
+        def op(conn: sqlite3.Connection) -> Room | None:
+            return _room(
+                conn.execute(
+                    "SELECT r.id, r.slug, r.name, r.kind, r.last_message_id FROM rooms r"
+                    " WHERE r.slug = ? AND (r.kind = 'public' OR EXISTS (SELECT 1 FROM"
+                    " memberships m WHERE m.room_id = r.id AND m.user_id = ?))",
+                    (slug, user.id),
+                ).fetchone()
+            )
+
+        room = self._read(op)
+        if room is None:
+            raise NotFound("no such room")
+        return room
+
+    async def room_by_slug(self, slug: str) -> Room | None:
+        """Any room, for administrators' membership management only."""
+        return self._read(
+            lambda c: _room(c.execute(f"{_ROOM} WHERE slug = ?", (slug,)).fetchone())
+        )
+
+    async def rooms_for(self, user: User) -> list[RoomState]:
+        """Every room this user may read, with its unread count for them."""
+
+        def op(conn: sqlite3.Connection) -> list[RoomState]:
+            rows = conn.execute(
+                "SELECT r.id, r.slug, r.name, r.kind, r.last_message_id,"
+                " max(coalesce(m.last_read_id, 0), :floor) AS mark"
+                " FROM rooms r LEFT JOIN memberships m ON m.room_id = r.id AND m.user_id = :uid"
+                " WHERE r.kind = 'public' OR m.user_id IS NOT NULL ORDER BY r.name",
+                {"uid": user.id, "floor": user.read_floor},
+            ).fetchall()
+            states = []
+            for row in rows:
+                room = _room(row[:5])
+                unread = _count_unread(conn, room, row[5], user.id)
+                peer = _dm_peer(room, user) if room.kind == "dm" else None
+                states.append(RoomState(room, unread, peer))
+            return states
+
+        return self._read(op)
+
+    async def unread(self, user: User, room: Room) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT last_read_id FROM memberships WHERE room_id = ? AND user_id = ?",
+                (room.id, user.id),
+            ).fetchone()
+            mark = max(row[0] if row else 0, user.read_floor)
+            latest = conn.execute(f"{_ROOM} WHERE id = ?", (room.id,)).fetchone()
+            return _count_unread(conn, _room(latest), mark, user.id)
+
+        return self._read(op)
+
+    async def open_dm(self, slug: str, first: User, second: User) -> Room:
+        """The one DM room of this pair, created on first use."""
+
+        def op(conn: sqlite3.Connection) -> Room:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT OR IGNORE INTO rooms (slug, name, kind, created_by, created_at)"
+                    " VALUES (?, ?, 'dm', ?, ?)",
+                    (slug, slug, first.id, time.time()),
+                )
+                room = _room(conn.execute(f"{_ROOM} WHERE slug = ?", (slug,)).fetchone())
+                for user in (first, second):
+                    conn.execute(
+                        "INSERT OR IGNORE INTO memberships (room_id, user_id) VALUES (?, ?)",
+                        (room.id, user.id),
+                    )
+                return room
+
+        return await self._writer.run(op)
+
+    async def add_member(self, room: Room, user: User) -> bool:
+        """Add a member; their read mark starts at the room's newest message."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            with transaction(conn):
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO memberships (room_id, user_id, last_read_id)"
+                    " SELECT id, ?, last_message_id FROM rooms WHERE id = ?",
+                    (user.id, room.id),
+                )
+                return cur.rowcount > 0
+
+        return await self._writer.run(op)
+
+    async def remove_member(self, room: Room, user: User) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            with transaction(conn):
+                cur = conn.execute(
+                    "DELETE FROM memberships WHERE room_id = ? AND user_id = ?", (room.id, user.id)
+                )
+                return cur.rowcount > 0
+
+        return await self._writer.run(op)
+
+    async def members(self, room: Room) -> list[str]:
+        return self._read(
+            lambda c: [
+                r[0]
+                for r in c.execute(
+                    "SELECT u.username FROM memberships m JOIN users u ON u.id = m.user_id"
+                    " WHERE m.room_id = ? AND u.active = 1 ORDER BY u.username",
+                    (room.id,),
+                )
+            ]
+        )
+
+    async def closed_rooms(self) -> list[tuple[Room, set[int]]]:
+        """Every private room and DM with its member ids (the hub's routing table)."""
+
+        def op(conn: sqlite3.Connection) -> list[tuple[Room, set[int]]]:
+            rooms = {
+                r[0]: (_room(r), set())
+                for r in conn.execute(f"{_ROOM} WHERE kind <> 'public'").fetchall()
+            }
+            for room_id, user_id in conn.execute(
+                "SELECT m.room_id, m.user_id FROM memberships m JOIN rooms r ON r.id = m.room_id"
+                " WHERE r.kind <> 'public'"
+            ):
+                rooms[room_id][1].add(user_id)
+            return list(rooms.values())
+
+        return await self._reader.run(op)
+
+    async def all_rooms(self) -> list[tuple[Room, list[str]]]:
+        """Every public and private room with its members (administration)."""
+
+        def op(conn: sqlite3.Connection) -> list[tuple[Room, list[str]]]:
+            out = []
+            for row in conn.execute(f"{_ROOM} WHERE kind <> 'dm' ORDER BY name").fetchall():
+                names = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT u.username FROM memberships m JOIN users u ON u.id = m.user_id"
+                        " WHERE m.room_id = ? AND u.active = 1 ORDER BY u.username",
+                        (row[0],),
+                    )
+                ] if row[3] != "public" else []
+                out.append((_room(row), names))
+            return out
+
+        return await self._reader.run(op)
+
+    async def mark_read(self, user: User, room: Room, message_id: int) -> int:
+        """Move this user's read mark forward (never back); return the room's unread count."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            with transaction(conn):
+                latest = _room(conn.execute(f"{_ROOM} WHERE id = ?", (room.id,)).fetchone())
+                mark = min(message_id, latest.last_message_id)
+                if latest.kind == "public":
+                    conn.execute(
+                        "INSERT INTO memberships (room_id, user_id, last_read_id) VALUES (?, ?, ?)"
+                        " ON CONFLICT (room_id, user_id) DO UPDATE"
+                        " SET last_read_id = max(last_read_id, excluded.last_read_id)",
+                        (room.id, user.id, mark),
+                    )
+                else:
+                    conn.execute(
+                        "UPDATE memberships SET last_read_id = max(last_read_id, ?)"
+                        " WHERE room_id = ? AND user_id = ?",
+                        (mark, room.id, user.id),
+                    )
+                row = conn.execute(
+                    "SELECT last_read_id FROM memberships WHERE room_id = ? AND user_id = ?",
+                    (room.id, user.id),
+                ).fetchone()
+                current = max(row[0] if row else 0, user.read_floor)
+                return _count_unread(conn, latest, current, user.id)
+
+        return await self._writer.run(op)
+
+    # -- messages -----------------------------------------------------------
+
+    async def messages(
+        self, room: Room, before: int | None = None, after: int | None = None, limit: int = 50
+    ) -> list[Message]:
+        """A page of a room's history in ascending id order."""
+
+        def op(conn: sqlite3.Connection) -> list[Message]:
+            if after is not None:
+                rows = conn.execute(
+                    f"{_MESSAGE} WHERE m.room_id = ? AND m.id > ? ORDER BY m.id LIMIT ?",
+                    (room.id, after, limit),
+                ).fetchall()
+                return _messages(rows)
+            bound = before if before is not None else (1 << 62)
+            rows = conn.execute(
+                f"{_MESSAGE} WHERE m.room_id = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?",
+                (room.id, bound, limit),
+            ).fetchall()
+            return _messages(rows[::-1])
+
+        return self._read(op)
+
+    async def messages_since(self, user: User, since: int, limit: int = 1000) -> list[Message]:
+        """The newest `limit` messages above `since` in every room this user may read."""
+
+        def op(conn: sqlite3.Connection) -> list[Message]:
+            rows = conn.execute(
+                f"{_MESSAGE} WHERE m.id > ? AND (r.kind = 'public' OR EXISTS (SELECT 1 FROM"
+                " memberships x WHERE x.room_id = m.room_id AND x.user_id = ?))"
+                " ORDER BY m.id DESC LIMIT ?",
+                (since, user.id, limit),
+            ).fetchall()
+            return _messages(rows[::-1])
+
+        return await self._reader.run(op)
+
+    async def latest_message_id(self) -> int:
+        return self._read(
+            lambda c: c.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
+        )
+
+
+def _count_unread(conn: sqlite3.Connection, room: Room, mark: int, user_id: int) -> int:
+    if room.last_message_id <= mark:
+        return 0
+    return conn.execute(
+        "SELECT count(*) FROM messages WHERE room_id = ? AND id > ? AND user_id <> ?",
+        (room.id, mark, user_id),
+    ).fetchone()[0]
+
+
+def _dm_peer(room: Room, user: User) -> str:
+    first, _, second = room.slug.partition("+")
+    return second if first == user.username else first
+
