@@ -142,8 +142,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         heartbeat=30, compress=False, max_msg_size=config.max_frame_bytes, autoping=True
     )
     await ws.prepare(request)
-    conn = Conn(user, "stream", ws, request.transport, credential)  # type: ignore[arg-type]
-    log.debug("event=stream_open user=%s ip=%s", user.username, client_ip(request))
+    conn = Conn(user, "stream", ws, request.transport, credential, ip=client_ip(request))  # type: ignore[arg-type]
     tasks: set[asyncio.Task[None]] = set()
     try:
         await services.live.attach(conn, since)

@@ -6,6 +6,7 @@ a plain page for the browser, never a traceback.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -49,9 +50,27 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # -- where the request comes from --------------------------------------------------
 
 
+def _peer_address(request: web.Request) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(request.remote or "")
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped or address
+
+
 def _trusted_peer(request: web.Request) -> bool:
+    """Is the direct peer one of trusted_proxies (addresses or networks, e.g. 10.0.0.0/8)?"""
     config = request.app[CONFIG]
-    return config.behind_proxy and (request.remote or "") in config.trusted_proxies
+    if not config.behind_proxy:
+        return False
+    peer = _peer_address(request)
+    return peer is not None and any(peer in net for net in trusted_networks(config.trusted_proxies))
+
+
+@functools.lru_cache(maxsize=8)
+def trusted_networks(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
 
 
 def client_ip(request: web.Request) -> str:
@@ -87,10 +106,8 @@ def origin_ok(request: web.Request, *, required: bool) -> bool:
 
 
 def is_loopback(request: web.Request) -> bool:
-    try:
-        return ipaddress.ip_address(request.remote or "").is_loopback
-    except ValueError:
-        return False
+    peer = _peer_address(request)
+    return peer is not None and peer.is_loopback
 
 
 # -- who is asking -------------------------------------------------------------------

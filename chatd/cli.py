@@ -73,8 +73,8 @@ def main() -> None:
 
 @main.command()
 @db_option
-@click.option("--host", default=None, envvar="CHATD_HOST", help="Address to listen on (default 127.0.0.1).")
-@click.option("--port", type=int, default=None, envvar="CHATD_PORT", help="Port (default 8080; 0 picks a free one).")
+@click.option("--host", default=None, help="Address to listen on (env CHATD_HOST, default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (env CHATD_PORT, default 8080; 0 picks a free one).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TOML config file (env CHATD_CONFIG).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default=None, help="Log verbosity (default info).")
@@ -109,6 +109,8 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiosqlite logs every statement at debug: never useful in chatd's logs.
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
 
 
 async def _serve(config: Config) -> None:
@@ -210,5 +212,9 @@ def backup(dest: Path, db: Path | None) -> None:
     async def op(accounts: Accounts, store: Store) -> None:
         await store.backup(dest)
 
+    source = load_config({"db": db}).db
+    if not source.exists():
+        # A mistyped --db must not "back up" a fresh empty database.
+        raise click.ClickException(f"No database at {source}; check --db or CHATD_DB.")
     run(_with_accounts(db, op))
     click.echo(f"Backup written to {dest}.", err=True)

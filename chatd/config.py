@@ -8,6 +8,7 @@ Nothing reads `os.environ` after `load_config` returns.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -60,6 +61,11 @@ class Config:
                 raise BadInput(f"{f.name} must not be negative")
         if self.messages_per_second <= 0 or self.message_burst < 1:
             raise BadInput("messages_per_second and message_burst must be positive")
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise BadInput(f"trusted_proxies: {entry!r} is not an address or network") from None
         if self.connections_per_user < 1 or self.max_frame_bytes < 1024:
             raise BadInput("connections_per_user must be at least 1, max_frame_bytes at least 1024")
 
@@ -103,8 +109,11 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise BadInput(f"cannot read the config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"the config file {path} is not valid TOML: {exc}") from None
-    # A [chatd] table is accepted as well as top-level keys.
-    return dict(data.get("chatd", data))
+    # Keys may sit at the top level or in a [chatd] table (which wins).
+    table = data.pop("chatd", {})
+    if not isinstance(table, dict):
+        raise BadInput(f"in the config file {path}, chatd must be a table")
+    return {**data, **table}
 
 
 def load_config(

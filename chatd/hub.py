@@ -49,6 +49,7 @@ class Conn:
     credential: Credential
     # Browser tabs show one room; typing and message fragments go to its viewers.
     room_id: int | None = None
+    ip: str = ""
     dropped: bool = False
     # While a `since` replay is being read from the database, live frames wait here.
     held: list[tuple[int, bytes]] | None = field(default=None, repr=False)

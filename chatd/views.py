@@ -129,7 +129,11 @@ async def login(request: web.Request) -> web.Response:
         )
     except (Unauthorized, RateLimited) as exc:
         ctx["error"] = exc.message
-        return _form_page(request, "login.html", ctx, status=401 if isinstance(exc, Unauthorized) else 429)
+        limited = isinstance(exc, RateLimited)
+        response = _form_page(request, "login.html", ctx, status=429 if limited else 401)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        return response
     return await _signed_in(request, user, target)
 
 
@@ -370,7 +374,8 @@ async def browser_socket(request: web.Request) -> web.StreamResponse:
         raise RateLimited("too many open connections for this user", 5)
     ws = web.WebSocketResponse(heartbeat=30, compress=False, max_msg_size=config.max_frame_bytes)
     await ws.prepare(request)
-    conn = Conn(user, "browser", ws, request.transport, credential, room_id=room.id)  # type: ignore[arg-type]
+    conn = Conn(user, "browser", ws, request.transport, credential,  # type: ignore[arg-type]
+                room_id=room.id, ip=client_ip(request))
     tasks: set[asyncio.Task[None]] = set()
     try:
         await services.live.attach(conn, since, room)

@@ -137,3 +137,14 @@ def test_serve_check_validates_config(tmp_path: Path, db: Path) -> None:
 def test_unknown_command_is_usage_error(db: Path) -> None:
     result = CliRunner().invoke(main, ["frobnicate"])
     assert result.exit_code == 2
+
+
+def test_backup_of_a_missing_database_refuses(tmp_path: Path) -> None:
+    result = cli(tmp_path / "typo.db", "backup", str(tmp_path / "b.db"))
+    assert result.exit_code == 1 and "no database" in result.stderr.lower()
+    assert not (tmp_path / "typo.db").exists() and not (tmp_path / "b.db").exists()
+
+
+def test_bad_port_in_environment_is_a_config_error(db: Path) -> None:
+    result = CliRunner().invoke(main, ["serve", "--db", str(db), "--check"], env={"CHATD_PORT": "http"})
+    assert result.exit_code == 1 and "CHATD_PORT" in result.stderr

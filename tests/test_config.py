@@ -62,3 +62,16 @@ def test_bad_file(tmp_path: Path) -> None:
     file.write_text("port = [")
     with pytest.raises(BadInput, match="not valid TOML"):
         load_config({}, env={}, config_file=file)
+
+
+def test_top_level_keys_and_chatd_table_merge(tmp_path: Path) -> None:
+    file = tmp_path / "both.toml"
+    file.write_text("port = 7001\nhost = '0.0.0.0'\n[chatd]\nport = 7002\n")
+    config = load_config({}, env={}, config_file=file)
+    assert config.port == 7002 and config.host == "0.0.0.0"
+
+
+def test_trusted_proxies_accept_networks_and_refuse_junk() -> None:
+    assert load_config({}, env={"CHATD_TRUSTED_PROXIES": "10.0.0.0/8,::1"}).trusted_proxies == ("10.0.0.0/8", "::1")
+    with pytest.raises(BadInput, match="trusted_proxies"):
+        load_config({}, env={"CHATD_TRUSTED_PROXIES": "not-an-ip"})

@@ -55,3 +55,12 @@ async def test_logs_have_no_bodies_or_secrets(chat: Chat, caplog: pytest.LogCapt
     assert "event=connect user=alice kind=stream" in text
     assert "event=login_failed user=alice" in text
     assert all("\n" not in r.getMessage() for r in caplog.records)
+
+
+async def test_login_log_line_cannot_be_forged(chat: Chat, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="chatd")
+    async with ClientSession(base_url=chat.url("/"), cookie_jar=CookieJar(unsafe=True)) as session:
+        resp = await login(session, "x\nevent=login user=root", "whatever password")
+        assert resp.status == 401
+    assert "event=login user=root" not in caplog.text
+    assert "event=login_failed user=- " in caplog.text

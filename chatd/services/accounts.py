@@ -60,7 +60,7 @@ class Accounts:
         name = username.strip().lower() if isinstance(username, str) else ""
         wait = max(self.by_ip.blocked(ip), self.by_account.blocked(name))
         if wait:
-            log.warning("event=login_limited user=%s ip=%s", name[:40], ip)
+            log.warning("event=login_limited user=%s ip=%s", _loggable(name), ip)
             raise RateLimited("too many failed sign-in attempts; wait a few minutes", wait)
         if not isinstance(password, str) or not name or len(password) > rules.MAX_PASSWORD:
             raise Unauthorized("wrong username or password")
@@ -69,7 +69,7 @@ class Accounts:
         if not await asyncio.to_thread(security.verify_password, password, stored):
             self.by_ip.hit(ip)
             self.by_account.hit(name)
-            log.info("event=login_failed user=%s ip=%s", name[:40], ip)
+            log.info("event=login_failed user=%s ip=%s", _loggable(name), ip)
             raise Unauthorized("wrong username or password")
         self.by_account.clear(name)
         assert found is not None
@@ -122,3 +122,8 @@ class Accounts:
         user = await self.store.create_first_admin(security.setup_hash(token), name, hashed)
         log.info("event=setup_complete user=%s", name)
         return user
+
+
+def _loggable(name: str) -> str:
+    """A username fit for a log line: anything that is not a valid name is logged as '-'."""
+    return name if rules.USERNAME_RE.fullmatch(name) else "-"

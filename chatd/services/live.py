@@ -117,7 +117,7 @@ class Live:
             self._presence_changed(conn.user.id, True)
         else:
             self._schedule_presence()
-        log.info("event=connect user=%s kind=%s", conn.user.username, conn.kind)
+        log.info("event=connect user=%s kind=%s ip=%s", conn.user.username, conn.kind, conn.ip)
         if since is None:
             return
         try:
@@ -137,7 +137,7 @@ class Live:
             self._presence_changed(conn.user.id, False)
         else:
             self._schedule_presence()
-        log.info("event=disconnect user=%s kind=%s", conn.user.username, conn.kind)
+        log.info("event=disconnect user=%s kind=%s ip=%s", conn.user.username, conn.kind, conn.ip)
 
     def send(self, conn: Conn, data: object) -> None:
         self.hub.send_to([conn], event_frame(data))
