@@ -211,7 +211,8 @@ async def _room_page(request: web.Request, user: User, credential: Any, room: Ro
         "more": len(messages) == page, "title": _title(room, user),
         "rooms": [s for s in states if s.room.kind != "dm"],
         "dms": [s for s in states if s.room.kind == "dm" and (s.room.last_message_id or s.room.id == room.id)],
-        "online": services.live.online_in(room), "peer": _peer(room, user),
+        # The viewer's own socket is about to open: list them already.
+        "online": sorted(set(services.live.online_in(room)) | {user.username}), "peer": _peer(room, user),
         "last_id": messages[-1].id if messages else 0,
     }
     return aiohttp_jinja2.render_template("room.html", request, ctx)

@@ -12,6 +12,7 @@
   const composer = document.getElementById("composer");
   const textarea = composer.querySelector("textarea");
   const readmark = document.getElementById("readmark");
+  const typingmark = document.getElementById("typingmark");
   const connState = document.getElementById("conn-state");
   const typingBox = document.getElementById("typing");
   const notifyButton = document.getElementById("notify");
@@ -53,7 +54,16 @@
     textarea.style.height = "auto";
     textarea.style.height = Math.min(textarea.scrollHeight + 2, window.innerHeight * 0.4) + "px";
   }
-  textarea.addEventListener("input", autosize);
+  // Typing: at most one small frame per 2 s while there is a draft; never the draft itself.
+  let typingSent = 0;
+  textarea.addEventListener("input", () => {
+    autosize();
+    const now = Date.now();
+    if (textarea.value.trim() && now - typingSent > 2000) {
+      typingSent = now;
+      htmx.trigger(typingmark, "chatd:typing");
+    }
+  });
   textarea.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
@@ -68,6 +78,7 @@
     values.client_id = newId();
     addPending(values.client_id, text);
     textarea.value = "";
+    typingSent = 0;
     autosize();
     textarea.focus();
   });
