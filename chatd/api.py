@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from chatd import rules
 from chatd.auth import api_user, client_ip, identify, origin_ok, read_json
 from chatd.errors import BadInput, ChatdError, Forbidden, RateLimited, Unauthorized
 from chatd.hub import Conn
@@ -148,7 +149,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
         await services.live.attach(conn, since)
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
-                _dispatch(services, conn, msg.data, tasks)
+                try:
+                    _dispatch(services, conn, msg.data, tasks)
+                except Exception:  # a bug must not kill the socket or reach the client as a 500
+                    log.exception("event=frame_failed user=%s", user.username)
+                    services.live.send(conn, _error("internal", "the server could not handle that frame", None))
             elif msg.type == WSMsgType.BINARY:
                 services.live.send(conn, _error("bad_request", "frames must be JSON text", None))
     finally:
@@ -159,7 +164,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 def _error(code: str, message: str, client_id: object) -> dict[str, Any]:
-    cid = client_id if isinstance(client_id, str) and len(client_id) <= 64 else None
+    cid = client_id if isinstance(client_id, str) and rules.CLIENT_ID_RE.fullmatch(client_id) else None
     return {"type": "error", "code": code, "message": message, "client_id": cid}
 
 
@@ -167,7 +172,7 @@ def _dispatch(services: Services, conn: Conn, raw: str, tasks: set[asyncio.Task[
     """Handle one client frame; every mistake is answered with an error event."""
     try:
         frame = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         services.live.send(conn, _error("bad_request", "frames must be JSON", None))
         return
     if not isinstance(frame, dict):

@@ -198,7 +198,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise TooLarge("the request body is too large") from None
     try:
         data = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadInput("the body must be a JSON object") from None
     if not isinstance(data, dict):
         raise BadInput("the body must be a JSON object")

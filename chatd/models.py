@@ -21,8 +21,6 @@ class User:
     username: str
     admin: bool
     active: bool = True
-    # Messages up to this id predate the account and never count as unread.
-    read_floor: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"username": self.username, "admin": self.admin}
@@ -35,6 +33,7 @@ class Room:
     name: str
     kind: RoomKind
     last_message_id: int = 0
+    message_count: int = 0
 
     @property
     def is_public(self) -> bool:

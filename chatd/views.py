@@ -12,6 +12,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import WSMsgType, web
 
+from chatd import fragments, rules
 from chatd.auth import (
     FORM_COOKIE,
     check_form_token,
@@ -29,7 +30,7 @@ from chatd.auth import (
 from chatd.errors import BadInput, ChatdError, Forbidden, RateLimited, Unauthorized
 from chatd.hub import Conn
 from chatd.metrics import render_metrics
-from chatd.models import Message, Room, User, rfc3339
+from chatd.models import Message, Room, User
 from chatd.services import Services, parse_int
 from chatd.state import CONFIG, SERVICES, STORE
 
@@ -66,25 +67,19 @@ async def page_user(request: web.Request) -> tuple[User, Any]:
 
 
 class HtmlRenderer:
-    """Fragments for browser tabs, rendered with the same templates as the pages."""
+    """Fragments for browser tabs, rendered exactly as on the pages."""
 
     def __init__(self, env: jinja2.Environment) -> None:
-        self._message = env.get_template("_message.html")
         self._online = env.get_template("_online.html")
 
     def message_fragment(self, message: Message, variant: str) -> str:
-        return self._message.render(m=message, variant=variant, oob=False)
+        return fragments.message_html(message, variant)
+
+    def variant_for(self, message: Message, user: User) -> str:
+        return fragments.variant_for(message, user)
 
     def online_fragment(self, names: list[str]) -> str:
         return self._online.render(online=names[:ONLINE_SHOWN], more=max(0, len(names) - ONLINE_SHOWN), oob=True)
-
-
-def variant_for(message: Message, user: User) -> str:
-    if message.author_id == user.id:
-        return "mine"
-    if f'data-mention="{user.username}"' in message.html:
-        return "mention"
-    return "other"
 
 
 def setup_templates(app: web.Application, path: str) -> jinja2.Environment:
@@ -92,9 +87,8 @@ def setup_templates(app: web.Application, path: str) -> jinja2.Environment:
         app, loader=jinja2.FileSystemLoader(path), autoescape=jinja2.select_autoescape(default=True),
         trim_blocks=True, lstrip_blocks=True,
     )
-    env.globals["variant_for"] = variant_for
-    env.filters["iso"] = rfc3339
-    env.filters["hhmm"] = lambda ts: rfc3339(ts)[11:16]
+    env.globals["messages_html"] = fragments.messages_html
+    env.globals["room_items"] = fragments.room_items_html
     return env
 
 
@@ -387,6 +381,8 @@ async def browser_socket(request: web.Request) -> web.StreamResponse:
                 task = asyncio.create_task(_tab_frame(services, conn, room, msg.data))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+            elif msg.type == WSMsgType.BINARY:
+                services.live.send(conn, {"error": "frames must be JSON text", "client_id": None})
     finally:
         services.live.detach(conn)
         for task in tasks:
@@ -414,10 +410,13 @@ async def _tab_frame(services: Services, conn: Conn, room: Room, raw: str) -> No
             await services.chat.mark_read_in(conn.user, room, frame.get("message_id"))
         else:
             raise BadInput("unknown frame type")
-    except ValueError:
+    except (ValueError, RecursionError):
         services.live.send(conn, {"error": "frames must be JSON", "client_id": None})
     except ChatdError as exc:
         cid = frame.get("client_id") if isinstance(frame, dict) else None
-        services.live.send(conn, {"error": exc.message, "code": exc.code,
-                                  "client_id": cid if isinstance(cid, str) else None})
+        cid = cid if isinstance(cid, str) and rules.CLIENT_ID_RE.fullmatch(cid) else None
+        services.live.send(conn, {"error": exc.message, "code": exc.code, "client_id": cid})
+    except Exception:  # a bug must not leave the tab without an answer
+        log.exception("event=frame_failed user=%s", conn.user.username)
+        services.live.send(conn, {"error": "the server could not handle that", "client_id": None})
 

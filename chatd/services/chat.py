@@ -28,7 +28,7 @@ class Chat:
 
     async def room_for(self, user: User, slug: object) -> Room:
         """The only way to a room: NotFound unless this user may read it."""
-        if not isinstance(slug, str) or not slug or len(slug) > 100:
+        if not isinstance(slug, str) or not slug or len(slug) > 100 or rules.has_surrogates(slug):
             raise NotFound("no such room")
         return await self.store.room_for(user, slug)
 

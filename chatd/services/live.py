@@ -29,6 +29,8 @@ class Renderer(Protocol):
 
     def message_fragment(self, message: Message, variant: str) -> str: ...
 
+    def variant_for(self, message: Message, user: User) -> str: ...
+
     def online_fragment(self, names: list[str]) -> str: ...
 
 
@@ -104,9 +106,7 @@ class Live:
         """One message for one socket (replays and duplicate acknowledgements)."""
         if conn.kind == "stream":
             return text_frame(self._build(message, "stream"))
-        variant = "mine" if message.author_id == conn.user.id else (
-            "mention" if f'data-mention="{conn.user.username}"' in message.html else "other")
-        return text_frame(self._build(message, variant))
+        return text_frame(self._build(message, self.renderer.variant_for(message, conn.user)))
 
     # -- sockets ------------------------------------------------------------------
 

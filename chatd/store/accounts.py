@@ -19,12 +19,12 @@ class AccountsStore(StoreBase):
             with transaction(conn):
                 try:
                     cur = conn.execute(
-                        "INSERT INTO users (username, password_hash, admin, created_at, read_floor)"
-                        " VALUES (?, ?, ?, ?, (SELECT coalesce(max(id), 0) FROM messages))",
+                        "INSERT INTO users (username, password_hash, admin, created_at) VALUES (?, ?, ?, ?)",
                         (username, password_hash, int(admin), time.time()),
                     )
                 except sqlite3.IntegrityError:
                     raise Conflict(f"the user {username} already exists") from None
+                _start_read_state(conn, cur.lastrowid)
                 _bump_auth(conn)
                 return _user(conn.execute(f"{_USER} WHERE id = ?", (cur.lastrowid,)).fetchone())
 
@@ -42,10 +42,10 @@ class AccountsStore(StoreBase):
                     return None
                 conn.execute("DELETE FROM meta WHERE key = 'setup_token'")
                 cur = conn.execute(
-                    "INSERT INTO users (username, password_hash, admin, created_at, read_floor)"
-                    " VALUES (?, ?, 1, ?, 0)",
+                    "INSERT INTO users (username, password_hash, admin, created_at) VALUES (?, ?, 1, ?)",
                     (username, password_hash, time.time()),
                 )
+                _start_read_state(conn, cur.lastrowid)
                 return _user(conn.execute(f"{_USER} WHERE id = ?", (cur.lastrowid,)).fetchone())
 
         user = await self._writer.run(op)
@@ -79,11 +79,11 @@ class AccountsStore(StoreBase):
     async def user_with_hash(self, username: str) -> tuple[User, str] | None:
         def op(conn: sqlite3.Connection) -> tuple[User, str] | None:
             row = conn.execute(
-                "SELECT id, username, admin, active, read_floor, password_hash FROM users"
+                "SELECT id, username, admin, active, password_hash FROM users"
                 " WHERE username = ?",
                 (username,),
             ).fetchone()
-            return None if row is None else (_user(row[:5]), row[5])
+            return None if row is None else (_user(row[:4]), row[4])
 
         return self._read(op)
 
@@ -165,12 +165,12 @@ class AccountsStore(StoreBase):
     async def user_for_session(self, token_hash: bytes) -> tuple[User, str] | None:
         def op(conn: sqlite3.Connection) -> tuple[User, str] | None:
             row = conn.execute(
-                "SELECT u.id, u.username, u.admin, u.active, u.read_floor, s.csrf FROM sessions s"
+                "SELECT u.id, u.username, u.admin, u.active, s.csrf FROM sessions s"
                 " JOIN users u ON u.id = s.user_id"
                 " WHERE s.token_hash = ? AND s.expires_at > ? AND u.active = 1",
                 (token_hash, time.time()),
             ).fetchone()
-            return None if row is None else (_user(row[:5]), row[5])
+            return None if row is None else (_user(row[:4]), row[4])
 
         return self._read(op)
 
@@ -188,7 +188,7 @@ class AccountsStore(StoreBase):
         return self._read(
             lambda c: _user(
                 c.execute(
-                    "SELECT u.id, u.username, u.admin, u.active, u.read_floor FROM tokens t"
+                    "SELECT u.id, u.username, u.admin, u.active FROM tokens t"
                     " JOIN users u ON u.id = t.user_id WHERE t.token_hash = ? AND u.active = 1",
                     (token_hash,),
                 ).fetchone()
@@ -222,3 +222,11 @@ class AccountsStore(StoreBase):
 
         return await self._reader.run(op)
 
+
+def _start_read_state(conn: sqlite3.Connection, user_id: int) -> None:
+    """A new account has read every public room so far: old history is not news to it."""
+    conn.execute(
+        "INSERT INTO memberships (room_id, user_id, last_read_id, last_read_seq)"
+        " SELECT id, ?, last_message_id, message_count FROM rooms WHERE kind = 'public'",
+        (user_id,),
+    )

@@ -15,8 +15,8 @@ from chatd.store.writer import MessageWriter, OnCommit, OnLatency
 
 T = TypeVar("T")
 
-_USER = "SELECT id, username, admin, active, read_floor FROM users"
-_ROOM = "SELECT id, slug, name, kind, last_message_id FROM rooms"
+_USER = "SELECT id, username, admin, active FROM users"
+_ROOM = "SELECT id, slug, name, kind, last_message_id, message_count FROM rooms"
 _MESSAGE = (
     "SELECT m.id, m.room_id, r.slug, u.username, m.user_id, m.body, m.html, m.created_at,"
     " m.client_id FROM messages m JOIN rooms r ON r.id = m.room_id"
@@ -25,11 +25,11 @@ _MESSAGE = (
 
 
 def _user(row: tuple | None) -> User | None:
-    return None if row is None else User(row[0], row[1], bool(row[2]), bool(row[3]), row[4])
+    return None if row is None else User(row[0], row[1], bool(row[2]), bool(row[3]))
 
 
 def _room(row: tuple | None) -> Room | None:
-    return None if row is None else Room(row[0], row[1], row[2], row[3], row[4])
+    return None if row is None else Room(row[0], row[1], row[2], row[3], row[4], row[5])
 
 
 def _messages(rows: list[tuple]) -> list[Message]:

@@ -9,6 +9,7 @@ from chatd.errors import Conflict, NotFound
 from chatd.models import Message, Room, RoomState, User
 from chatd.store.base import _MESSAGE, _ROOM, StoreBase, _messages, _room
 from chatd.store.db import transaction
+from chatd.store.writer import advance_read_mark
 
 
 class RoomsStore(StoreBase):
@@ -40,7 +41,7 @@ class RoomsStore(StoreBase):
         def op(conn: sqlite3.Connection) -> Room | None:
             return _room(
                 conn.execute(
-                    "SELECT r.id, r.slug, r.name, r.kind, r.last_message_id FROM rooms r"
+                    "SELECT r.id, r.slug, r.name, r.kind, r.last_message_id, r.message_count FROM rooms r"
                     " WHERE r.slug = ? AND (r.kind = 'public' OR EXISTS (SELECT 1 FROM"
                     " memberships m WHERE m.room_id = r.id AND m.user_id = ?))",
                     (slug, user.id),
@@ -63,33 +64,23 @@ class RoomsStore(StoreBase):
 
         def op(conn: sqlite3.Connection) -> list[RoomState]:
             rows = conn.execute(
-                "SELECT r.id, r.slug, r.name, r.kind, r.last_message_id,"
-                " max(coalesce(m.last_read_id, 0), :floor) AS mark"
-                " FROM rooms r LEFT JOIN memberships m ON m.room_id = r.id AND m.user_id = :uid"
+                "SELECT r.id, r.slug, r.name, r.kind, r.last_message_id, r.message_count,"
+                " max(0, r.message_count - coalesce(m.last_read_seq, 0))"
+                " FROM rooms r LEFT JOIN memberships m ON m.room_id = r.id AND m.user_id = ?"
                 " WHERE r.kind = 'public' OR m.user_id IS NOT NULL ORDER BY r.name",
-                {"uid": user.id, "floor": user.read_floor},
+                (user.id,),
             ).fetchall()
             states = []
             for row in rows:
-                room = _room(row[:5])
-                unread = _count_unread(conn, room, row[5], user.id)
+                room = _room(row[:6])
                 peer = _dm_peer(room, user) if room.kind == "dm" else None
-                states.append(RoomState(room, unread, peer))
+                states.append(RoomState(room, row[6], peer))
             return states
 
         return self._read(op)
 
     async def unread(self, user: User, room: Room) -> int:
-        def op(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT last_read_id FROM memberships WHERE room_id = ? AND user_id = ?",
-                (room.id, user.id),
-            ).fetchone()
-            mark = max(row[0] if row else 0, user.read_floor)
-            latest = conn.execute(f"{_ROOM} WHERE id = ?", (room.id,)).fetchone()
-            return _count_unread(conn, _room(latest), mark, user.id)
-
-        return self._read(op)
+        return self._read(_unread, room.id, user.id)
 
     async def open_dm(self, slug: str, first: User, second: User) -> Room:
         """The one DM room of this pair, created on first use."""
@@ -117,8 +108,8 @@ class RoomsStore(StoreBase):
         def op(conn: sqlite3.Connection) -> bool:
             with transaction(conn):
                 cur = conn.execute(
-                    "INSERT OR IGNORE INTO memberships (room_id, user_id, last_read_id)"
-                    " SELECT id, ?, last_message_id FROM rooms WHERE id = ?",
+                    "INSERT OR IGNORE INTO memberships (room_id, user_id, last_read_id, last_read_seq)"
+                    " SELECT id, ?, last_message_id, message_count FROM rooms WHERE id = ?",
                     (user.id, room.id),
                 )
                 return cur.rowcount > 0
@@ -188,27 +179,13 @@ class RoomsStore(StoreBase):
 
         def op(conn: sqlite3.Connection) -> int:
             with transaction(conn):
-                latest = _room(conn.execute(f"{_ROOM} WHERE id = ?", (room.id,)).fetchone())
-                mark = min(message_id, latest.last_message_id)
-                if latest.kind == "public":
-                    conn.execute(
-                        "INSERT INTO memberships (room_id, user_id, last_read_id) VALUES (?, ?, ?)"
-                        " ON CONFLICT (room_id, user_id) DO UPDATE"
-                        " SET last_read_id = max(last_read_id, excluded.last_read_id)",
-                        (room.id, user.id, mark),
-                    )
-                else:
-                    conn.execute(
-                        "UPDATE memberships SET last_read_id = max(last_read_id, ?)"
-                        " WHERE room_id = ? AND user_id = ?",
-                        (mark, room.id, user.id),
-                    )
                 row = conn.execute(
-                    "SELECT last_read_id FROM memberships WHERE room_id = ? AND user_id = ?",
-                    (room.id, user.id),
+                    "SELECT id, seq FROM messages WHERE room_id = ? AND id <= ? ORDER BY id DESC LIMIT 1",
+                    (room.id, message_id),
                 ).fetchone()
-                current = max(row[0] if row else 0, user.read_floor)
-                return _count_unread(conn, latest, current, user.id)
+                if row is not None:
+                    advance_read_mark(conn, room, user.id, row[0], row[1])
+                return _unread(conn, room.id, user.id)
 
         return await self._writer.run(op)
 
@@ -255,13 +232,14 @@ class RoomsStore(StoreBase):
         )
 
 
-def _count_unread(conn: sqlite3.Connection, room: Room, mark: int, user_id: int) -> int:
-    if room.last_message_id <= mark:
-        return 0
-    return conn.execute(
-        "SELECT count(*) FROM messages WHERE room_id = ? AND id > ? AND user_id <> ?",
-        (room.id, mark, user_id),
-    ).fetchone()[0]
+def _unread(conn: sqlite3.Connection, room_id: int, user_id: int) -> int:
+    """Messages after this user's read mark: O(1) from the room's count and the mark's seq."""
+    row = conn.execute(
+        "SELECT max(0, r.message_count - coalesce(m.last_read_seq, 0)) FROM rooms r"
+        " LEFT JOIN memberships m ON m.room_id = r.id AND m.user_id = ? WHERE r.id = ?",
+        (user_id, room_id),
+    ).fetchone()
+    return row[0] if row else 0
 
 
 def _dm_peer(room: Room, user: User) -> str:

@@ -60,26 +60,35 @@ MIGRATIONS: list[str] = [
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
     INSERT INTO meta (key, value) VALUES ('auth_version', '0');
     """,
-    # 4: room kinds; memberships (a row is membership of a private room or DM,
-    # and per-user read state in any room); client_id on messages for retries.
+    # 4: room kinds and private conversations. A memberships row is membership
+    # of a private room or DM, and one user's read state in any room. Unread
+    # counts are O(1): each message has its position in its room (seq), each
+    # room its message count, each read mark the seq it reached. Accounts that
+    # existed before start with everything read. client_id on messages for retries.
     """
     ALTER TABLE rooms ADD COLUMN kind TEXT NOT NULL DEFAULT 'public'
         CHECK (kind IN ('public', 'private', 'dm'));
     ALTER TABLE rooms ADD COLUMN created_by INTEGER REFERENCES users(id);
     ALTER TABLE rooms ADD COLUMN last_message_id INTEGER NOT NULL DEFAULT 0;
-    UPDATE rooms SET last_message_id =
-        coalesce((SELECT max(id) FROM messages WHERE room_id = rooms.id), 0);
-    ALTER TABLE users ADD COLUMN read_floor INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rooms ADD COLUMN message_count INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE messages ADD COLUMN client_id TEXT;
+    ALTER TABLE messages ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    UPDATE messages SET seq = numbered.n FROM (
+        SELECT id, row_number() OVER (PARTITION BY room_id ORDER BY id) AS n FROM messages
+    ) AS numbered WHERE numbered.id = messages.id;
+    UPDATE rooms SET
+        last_message_id = coalesce((SELECT max(id) FROM messages WHERE room_id = rooms.id), 0),
+        message_count = (SELECT count(*) FROM messages WHERE room_id = rooms.id);
     CREATE TABLE memberships (
         room_id INTEGER NOT NULL REFERENCES rooms(id),
         user_id INTEGER NOT NULL REFERENCES users(id),
         last_read_id INTEGER NOT NULL DEFAULT 0,
+        last_read_seq INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (room_id, user_id)
     ) WITHOUT ROWID;
     CREATE INDEX memberships_user ON memberships(user_id, room_id);
-    DROP INDEX messages_room;
-    CREATE INDEX messages_room ON messages(room_id, id, user_id);
+    INSERT INTO memberships (room_id, user_id, last_read_id, last_read_seq)
+        SELECT r.id, u.id, r.last_message_id, r.message_count FROM rooms r, users u;
     CREATE INDEX messages_client ON messages(user_id, client_id)
         WHERE client_id IS NOT NULL;
     """,

@@ -106,32 +106,43 @@ def _insert_batch(conn: sqlite3.Connection, batch: list[Pending]) -> list[tuple[
     results: list[tuple[Message, bool]] = []
     with transaction(conn):
         next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchone()[0]
-        rows, seen, last = [], {}, {}
+        rows, seen = [], {}
+        counts: dict[int, int] = {}  # room id -> message count so far
+        last: dict[int, int] = {}  # room id -> newest message id
+        marks: dict[tuple[int, int], tuple[Pending, int, int]] = {}  # posting reads the room
         for item in batch:
             key = (item.author.id, item.client_id)
             existing = _existing(conn, item, seen.get(key)) if item.client_id else None
             if existing is not None:
                 results.append((existing, False))
                 continue
+            room_id = item.room.id
+            if room_id not in counts:
+                counts[room_id] = conn.execute(
+                    "SELECT message_count FROM rooms WHERE id = ?", (room_id,)).fetchone()[0]
+            counts[room_id] += 1
             message = Message(
-                next_id, item.room.id, item.room.slug, item.author.username, item.author.id,
+                next_id, room_id, item.room.slug, item.author.username, item.author.id,
                 item.body, item.html, item.created_at, item.client_id,
             )
             seen[key] = message
-            rows.append((next_id, item.room.id, item.author.id, item.body, item.html,
-                         item.created_at, item.client_id))
-            last[item.room.id] = next_id
+            rows.append((next_id, room_id, item.author.id, item.body, item.html,
+                         item.created_at, item.client_id, counts[room_id]))
+            last[room_id] = next_id
+            marks[(room_id, item.author.id)] = (item, next_id, counts[room_id])
             results.append((message, True))
             next_id += 1
         conn.executemany(
-            "INSERT INTO messages (id, room_id, user_id, body, html, created_at, client_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO messages (id, room_id, user_id, body, html, created_at, client_id, seq)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         conn.executemany(
-            "UPDATE rooms SET last_message_id = ? WHERE id = ?",
-            [(mid, rid) for rid, mid in last.items()],
+            "UPDATE rooms SET last_message_id = ?, message_count = ? WHERE id = ?",
+            [(mid, counts[rid], rid) for rid, mid in last.items()],
         )
+        for item, message_id, seq in marks.values():
+            advance_read_mark(conn, item.room, item.author.id, message_id, seq)
     return results
 
 
@@ -153,3 +164,21 @@ def _existing(conn: sqlite3.Connection, item: Pending, in_batch: Message | None)
         return None
     return Message(row[0], row[1], row[2], item.author.username, item.author.id,
                    row[3], row[4], row[5], item.client_id)
+
+def advance_read_mark(conn: sqlite3.Connection, room: Room, user_id: int, message_id: int, seq: int) -> None:
+    """Move a read mark forward, never back. Only public rooms get a row on the fly:
+    in a private room or DM a row is membership, which reading must not create."""
+    if room.kind == "public":
+        conn.execute(
+            "INSERT INTO memberships (room_id, user_id, last_read_id, last_read_seq) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (room_id, user_id) DO UPDATE SET"
+            " last_read_id = max(last_read_id, excluded.last_read_id),"
+            " last_read_seq = max(last_read_seq, excluded.last_read_seq)",
+            (room.id, user_id, message_id, seq),
+        )
+    else:
+        conn.execute(
+            "UPDATE memberships SET last_read_id = max(last_read_id, ?), last_read_seq = max(last_read_seq, ?)"
+            " WHERE room_id = ? AND user_id = ?",
+            (message_id, seq, room.id, user_id),
+        )
