@@ -98,10 +98,12 @@ async def open_dm(request: web.Request) -> web.Response:
 async def get_messages(request: web.Request) -> web.Response:
     user = await api_user(request)
     q = request.query
-    _, messages = await _svc(request).chat.history(
+    services = _svc(request)
+    _, messages = await services.chat.history(
         user, request.match_info["slug"], q.get("before"), q.get("after"), q.get("limit")
     )
-    return web.json_response({"messages": [m.to_json() for m in messages]})
+    body = ",".join(services.live.message_json(m) for m in messages)
+    return web.Response(text=f'{{"messages":[{body}]}}', content_type="application/json")
 
 
 @routes.post("/api/v1/rooms/{slug}/messages")

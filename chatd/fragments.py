@@ -8,9 +8,10 @@ These functions escape every value that is not already safe HTML (a message's
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterable
 
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from chatd.models import Message, RoomState, User, rfc3339
 
@@ -26,9 +27,9 @@ def variant_for(message: Message, user: User) -> str:
 
 def message_html(m: Message, variant: str) -> str:
     """One message: the contract's anchors are id="message-{id}" and data-author."""
-    author = escape(m.author)
+    author = m.author  # usernames are [a-z0-9_.-]: nothing to escape
     stamp = rfc3339(m.created_at)
-    client = f' data-client-id="{escape(m.client_id)}"' if m.client_id and variant == "mine" else ""
+    client = f' data-client-id="{html.escape(m.client_id)}"' if m.client_id and variant == "mine" else ""
     return (
         f'<article class="msg {variant}" id="message-{m.id}" data-author="{author}" data-id="{m.id}"{client}>'
         f'<header><a class="author" href="/dm/{author}">{author}</a> '
@@ -42,7 +43,11 @@ def messages_html(messages: Iterable[Message], viewer: User) -> Markup:
 
 
 def room_items_html(states: Iterable[RoomState], current_id: int | None) -> Markup:
-    """Sidebar entries with their unread badges (empty for the room on screen)."""
+    """Sidebar entries with their unread badges (empty for the room on screen).
+
+    Slugs ([a-z0-9-], or two usernames joined by '+') and usernames
+    ([a-z0-9_.-]) cannot carry markup; only display names are escaped.
+    """
     items = []
     for s in states:
         room = s.room
@@ -54,8 +59,9 @@ def room_items_html(states: Iterable[RoomState], current_id: int | None) -> Mark
         unread = "" if here or not s.unread else str(s.unread)
         current = ' aria-current="page"' if here else ""
         flag = ' class="has-unread"' if unread else ""
+        label = s.peer or html.escape(room.name, quote=False)
         items.append(
-            f'<li><a href="{escape(s.href)}"{current}{flag}>{sigil}<span class="label">{escape(s.label)}</span>'
-            f'<span class="badge" data-unread="{escape(room.slug)}">{unread}</span></a></li>'
+            f'<li><a href="{s.href}"{current}{flag}>{sigil}<span class="label">{label}</span>'
+            f'<span class="badge" data-unread="{room.slug}">{unread}</span></a></li>'
         )
     return Markup("\n".join(items))

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -22,6 +23,7 @@ log = logging.getLogger("chatd.live")
 _MENTION_ATTR = re.compile(r'data-mention="([a-z0-9_.-]+)"')
 PRESENCE_DELAY = 0.2
 NOTIFY_SNIPPET = 140
+JSON_CACHE = 20_000
 
 
 class Renderer(Protocol):
@@ -53,6 +55,7 @@ class Live:
         self._presence: dict[int, bool] = {}
         self._presence_handle: asyncio.TimerHandle | None = None
         self._typing_seen: dict[tuple[int, int], float] = {}
+        self._json: OrderedDict[int, str] = OrderedDict()
 
     # -- routing tables -------------------------------------------------------
 
@@ -88,9 +91,19 @@ class Live:
                                       lambda form, m=message: self._build(m, form)))
         self.hub.publish(envelopes)
 
+    def message_json(self, message: Message) -> str:
+        """The message object of the contract as JSON text, encoded once per message."""
+        text = self._json.get(message.id)
+        if text is None:
+            text = self._json[message.id] = json.dumps(
+                message.to_json(), ensure_ascii=False, separators=(",", ":"))
+            if len(self._json) > JSON_CACHE:
+                self._json.popitem(last=False)
+        return text
+
     def _build(self, message: Message, form: str) -> bytes:
         if form == "stream":
-            return dumps({"type": "message", "message": message.to_json()})
+            return f'{{"type":"message","message":{self.message_json(message)}}}'.encode()
         if form.startswith("unread"):
             room = self.rooms.get(message.room_id)
             kind = room.kind if room else "public"

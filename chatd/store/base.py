@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,6 +15,7 @@ from chatd.store.db import Connection, connect_sync, storage_error
 from chatd.store.writer import MessageWriter, OnCommit, OnLatency
 
 T = TypeVar("T")
+MESSAGE_CACHE = 20_000
 
 _USER = "SELECT id, username, admin, active FROM users"
 _ROOM = "SELECT id, slug, name, kind, last_message_id, message_count FROM rooms"
@@ -51,6 +53,23 @@ class StoreBase:
         self._reader = Connection(self.path, sync)
         self.messages_writer: MessageWriter | None = None
         self._inline: sqlite3.Connection | None = None
+        # Messages never change once stored, so recent ones are kept ready-made.
+        self._recent: OrderedDict[int, Message] = OrderedDict()
+
+    def remember(self, messages: list[Message]) -> None:
+        for message in messages:
+            self._recent[message.id] = message
+        while len(self._recent) > MESSAGE_CACHE:
+            self._recent.popitem(last=False)
+
+    def cached_messages(self, conn: sqlite3.Connection, ids: list[int]) -> list[Message]:
+        """These messages in this order, read from the database only when not cached."""
+        recent = self._recent
+        missing = [i for i in ids if i not in recent]
+        if missing:
+            marks = ",".join("?" * len(missing))
+            self.remember(_messages(conn.execute(f"{_MESSAGE} WHERE m.id IN ({marks})", missing).fetchall()))
+        return [recent[i] for i in ids if i in recent]
 
     def _read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a small read on the event loop's own thread.
@@ -81,7 +100,11 @@ class StoreBase:
         await self._writer.close()
 
     def start_writer(self, on_commit: OnCommit, on_latency: OnLatency) -> MessageWriter:
-        self.messages_writer = MessageWriter(self._writer, on_commit, on_latency)
+        def committed(messages: list[Message]) -> None:
+            self.remember(messages)
+            on_commit(messages)
+
+        self.messages_writer = MessageWriter(self._writer, committed, on_latency)
         self.messages_writer.start()
         return self.messages_writer
 

@@ -197,18 +197,17 @@ class RoomsStore(StoreBase):
         """A page of a room's history in ascending id order."""
 
         def op(conn: sqlite3.Connection) -> list[Message]:
+            # Ids come from the (room_id, id) index alone; rows only for messages not cached.
             if after is not None:
-                rows = conn.execute(
-                    f"{_MESSAGE} WHERE m.room_id = ? AND m.id > ? ORDER BY m.id LIMIT ?",
-                    (room.id, after, limit),
-                ).fetchall()
-                return _messages(rows)
-            bound = before if before is not None else (1 << 62)
-            rows = conn.execute(
-                f"{_MESSAGE} WHERE m.room_id = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?",
-                (room.id, bound, limit),
-            ).fetchall()
-            return _messages(rows[::-1])
+                ids = [r[0] for r in conn.execute(
+                    "SELECT id FROM messages WHERE room_id = ? AND id > ? ORDER BY id LIMIT ?",
+                    (room.id, after, limit))]
+            else:
+                bound = before if before is not None else (1 << 62)
+                ids = [r[0] for r in conn.execute(
+                    "SELECT id FROM messages WHERE room_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                    (room.id, bound, limit))][::-1]
+            return self.cached_messages(conn, ids)
 
         return self._read(op)
 
