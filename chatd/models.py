@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 RoomKind = Literal["public", "private", "dm"]
@@ -11,8 +12,14 @@ RoomKind = Literal["public", "private", "dm"]
 
 def rfc3339(ts: float) -> str:
     """Seconds since the epoch as RFC 3339 UTC with milliseconds."""
-    dt = datetime.fromtimestamp(ts, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    whole = int(ts)
+    return f"{_second(whole)}.{int((ts - whole) * 1000):03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(whole: int) -> str:
+    # Messages cluster in time, so a page of them formats only a few distinct seconds.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,14 +137,13 @@ async def test_unread_counts_others_messages_above_read_mark(chat: Chat) -> None
     for i in range(3):
         resp = await chat.client.post("/api/v1/rooms/general/messages", json={"body": f"hi {i}"}, headers=alice)
         ids.append((await resp.json())["message"]["id"])
-    await chat.client.post("/api/v1/rooms/general/messages", json={"body": "mine"}, headers=bob)
 
     async def unread(headers: dict) -> int:
         rooms = (await (await chat.client.get("/api/v1/rooms", headers=headers)).json())["rooms"]
         return next(r["unread"] for r in rooms if r["slug"] == "general")
 
     assert await unread(bob) == 3
-    assert await unread(alice) == 1
+    assert await unread(alice) == 0  # one's own messages are never unread
     resp = await chat.client.post("/api/v1/rooms/general/read", json={"message_id": ids[1]}, headers=bob)
     assert resp.status == 204
     assert await unread(bob) == 1
@@ -153,6 +152,26 @@ async def test_unread_counts_others_messages_above_read_mark(chat: Chat) -> None
     assert await unread(bob) == 1
     resp = await chat.client.post("/api/v1/rooms/general/read", json={"message_id": "x"}, headers=bob)
     assert resp.status == 400
+    # Marking beyond the newest message is the newest message.
+    await chat.client.post("/api/v1/rooms/general/read", json={"message_id": 10**9}, headers=bob)
+    assert await unread(bob) == 0
+    # Posting in a room reads it, as in Slack or Zulip.
+    await chat.client.post("/api/v1/rooms/general/messages", json={"body": "more"}, headers=alice)
+    assert await unread(bob) == 1
+    await chat.client.post("/api/v1/rooms/general/messages", json={"body": "reply"}, headers=bob)
+    assert await unread(bob) == 0 and await unread(alice) == 1
+
+
+async def test_new_accounts_start_with_history_read(chat: Chat) -> None:
+    alice = await chat.bearer("alice")
+    for i in range(3):
+        await chat.client.post("/api/v1/rooms/general/messages", json={"body": f"old {i}"}, headers=alice)
+    newcomer = await chat.bearer("newcomer")
+    rooms = (await (await chat.client.get("/api/v1/rooms", headers=newcomer)).json())["rooms"]
+    assert next(r["unread"] for r in rooms if r["slug"] == "general") == 0
+    await chat.client.post("/api/v1/rooms/general/messages", json={"body": "new"}, headers=alice)
+    rooms = (await (await chat.client.get("/api/v1/rooms", headers=newcomer)).json())["rooms"]
+    assert next(r["unread"] for r in rooms if r["slug"] == "general") == 1
 
 
 async def test_retry_with_same_client_id_is_stored_once(chat: Chat) -> None:

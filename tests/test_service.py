@@ -12,9 +12,9 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
 
 from chatd.config import Config, load_config
+from conftest import run_cli
 
 UNIT = Path(__file__).resolve().parent.parent / "chatd.service"
 MAX_EXPOSURE = 2.0  # our bar; systemd-analyze calls 1.0 to 4.9 "OK" and below 1.0 "SAFE"
