@@ -38,10 +38,6 @@ def message_html(m: Message, variant: str) -> str:
     )
 
 
-def messages_html(messages: Iterable[Message], viewer: User) -> Markup:
-    return Markup("\n".join(message_html(m, variant_for(m, viewer)) for m in messages))
-
-
 def room_items_html(states: Iterable[RoomState], current_id: int | None) -> Markup:
     """Sidebar entries with their unread badges (empty for the room on screen).
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp_jinja2
 import jinja2
 from aiohttp import WSMsgType, web
+from markupsafe import Markup
 
 from chatd import fragments, rules
 from chatd.auth import (
@@ -37,6 +39,7 @@ from chatd.state import CONFIG, SERVICES, STORE
 log = logging.getLogger("chatd.views")
 routes = web.RouteTableDef()
 ONLINE_SHOWN = 100
+HTML_CACHE = 40_000
 
 
 def _svc(request: web.Request) -> Services:
@@ -67,13 +70,24 @@ async def page_user(request: web.Request) -> tuple[User, Any]:
 
 
 class HtmlRenderer:
-    """Fragments for browser tabs, rendered exactly as on the pages."""
+    """Message and presence HTML for pages and browser tabs, each message rendered once per variant."""
 
     def __init__(self, env: jinja2.Environment) -> None:
         self._online = env.get_template("_online.html")
+        self._cache: OrderedDict[tuple[int, str], str] = OrderedDict()
+        env.globals["messages_html"] = self.messages_html
 
     def message_fragment(self, message: Message, variant: str) -> str:
-        return fragments.message_html(message, variant)
+        key = (message.id, variant)
+        html = self._cache.get(key)
+        if html is None:
+            html = self._cache[key] = fragments.message_html(message, variant)
+            if len(self._cache) > HTML_CACHE:
+                self._cache.popitem(last=False)
+        return html
+
+    def messages_html(self, messages: list[Message], viewer: User) -> Markup:
+        return Markup("\n".join(self.message_fragment(m, fragments.variant_for(m, viewer)) for m in messages))
 
     def variant_for(self, message: Message, user: User) -> str:
         return fragments.variant_for(message, user)
@@ -87,7 +101,6 @@ def setup_templates(app: web.Application, path: str) -> jinja2.Environment:
         app, loader=jinja2.FileSystemLoader(path), autoescape=jinja2.select_autoescape(default=True),
         trim_blocks=True, lstrip_blocks=True,
     )
-    env.globals["messages_html"] = fragments.messages_html
     env.globals["room_items"] = fragments.room_items_html
     return env
 

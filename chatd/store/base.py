@@ -31,11 +31,11 @@ def _user(row: tuple | None) -> User | None:
 
 
 def _room(row: tuple | None) -> Room | None:
-    return None if row is None else Room(row[0], row[1], row[2], row[3], row[4], row[5])
+    return None if row is None else Room._make(row)
 
 
 def _messages(rows: list[tuple]) -> list[Message]:
-    return [Message(*row) for row in rows]
+    return [Message._make(row) for row in rows]
 
 
 def _bump_auth(conn: sqlite3.Connection) -> None:
@@ -55,6 +55,25 @@ class StoreBase:
         self._inline: sqlite3.Connection | None = None
         # Messages never change once stored, so recent ones are kept ready-made.
         self._recent: OrderedDict[int, Message] = OrderedDict()
+        # Every room, kept current by this process: rooms are created, and their
+        # counts change, only through this server's writer (one server per database).
+        self.rooms: dict[int, Room] = {}
+        self._public: list[Room] = []
+
+    def note_room(self, room: Room) -> None:
+        """Record a new or changed room in the in-memory room table."""
+        self.rooms[room.id] = room
+        if room.kind == "public":
+            self._public = sorted((r for r in self.rooms.values() if r.kind == "public"),
+                                  key=lambda r: r.name)
+
+    def _count_messages(self, messages: list[Message]) -> None:
+        rooms = self.rooms
+        for m in messages:
+            room = rooms.get(m.room_id)
+            if room is not None:
+                rooms[m.room_id] = room._replace(last_message_id=m.id, message_count=room.message_count + 1)
+        self._public = [rooms[r.id] for r in self._public]
 
     def remember(self, messages: list[Message]) -> None:
         for message in messages:
@@ -89,6 +108,8 @@ class StoreBase:
         await self._writer.open()  # creates and migrates the file first
         await self._reader.open()
         self._inline = await asyncio.to_thread(connect_sync, self.path, self.sync)
+        for row in self._inline.execute(f"{_ROOM}"):
+            self.note_room(Room._make(row))
 
     async def close(self) -> None:
         if self.messages_writer is not None:
@@ -102,6 +123,7 @@ class StoreBase:
     def start_writer(self, on_commit: OnCommit, on_latency: OnLatency) -> MessageWriter:
         def committed(messages: list[Message]) -> None:
             self.remember(messages)
+            self._count_messages(messages)
             on_commit(messages)
 
         self.messages_writer = MessageWriter(self._writer, committed, on_latency)

@@ -33,7 +33,9 @@ class RoomsStore(StoreBase):
                     )
                 return _room(conn.execute(f"{_ROOM} WHERE id = ?", (cur.lastrowid,)).fetchone())
 
-        return await self._writer.run(op)
+        room = await self._writer.run(op)
+        self.note_room(room)
+        return room
 
     async def room_for(self, user: User, slug: str) -> Room:
         """The room if this user may read it; otherwise NotFound, exactly as for no room."""
@@ -63,18 +65,15 @@ class RoomsStore(StoreBase):
         """Every room this user may read, with its unread count for them."""
 
         def op(conn: sqlite3.Connection) -> list[RoomState]:
-            rows = conn.execute(
-                "SELECT r.id, r.slug, r.name, r.kind, r.last_message_id, r.message_count,"
-                " max(0, r.message_count - coalesce(m.last_read_seq, 0))"
-                " FROM rooms r LEFT JOIN memberships m ON m.room_id = r.id AND m.user_id = ?"
-                " WHERE r.kind = 'public' OR m.user_id IS NOT NULL ORDER BY r.name",
-                (user.id,),
-            ).fetchall()
-            states = []
-            for row in rows:
-                room = _room(row[:6])
-                peer = _dm_peer(room, user) if room.kind == "dm" else None
-                states.append(RoomState(room, row[6], peer))
+            marks = dict(conn.execute(
+                "SELECT room_id, last_read_seq FROM memberships WHERE user_id = ?", (user.id,)))
+            rooms = self.rooms
+            states = [RoomState(r, max(0, r.message_count - marks.get(r.id, 0))) for r in self._public]
+            closed = sorted((rooms[rid] for rid in marks if rid in rooms and rooms[rid].kind != "public"),
+                            key=lambda r: r.name)
+            for r in closed:
+                peer = _dm_peer(r, user) if r.kind == "dm" else None
+                states.append(RoomState(r, max(0, r.message_count - marks[r.id]), peer))
             return states
 
         return self._read(op)
@@ -100,7 +99,13 @@ class RoomsStore(StoreBase):
                     )
                 return room
 
-        return await self._writer.run(op)
+        room = await self._writer.run(op)
+        # An existing room's counts in memory are the live ones (they may be a commit ahead).
+        return self.rooms.get(room.id) or self._noted(room)
+
+    def _noted(self, room: Room) -> Room:
+        self.note_room(room)
+        return room
 
     async def add_member(self, room: Room, user: User) -> bool:
         """Add a member; their read mark starts at the room's newest message."""

@@ -86,7 +86,7 @@ MIGRATIONS: list[str] = [
         last_read_seq INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (room_id, user_id)
     ) WITHOUT ROWID;
-    CREATE INDEX memberships_user ON memberships(user_id, room_id);
+    CREATE INDEX memberships_user ON memberships(user_id, room_id, last_read_seq);
     INSERT INTO memberships (room_id, user_id, last_read_id, last_read_seq)
         SELECT r.id, u.id, r.last_message_id, r.message_count FROM rooms r, users u;
     CREATE INDEX messages_client ON messages(user_id, client_id)
