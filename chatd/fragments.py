@@ -8,6 +8,7 @@ These functions escape every value that is not already safe HTML (a message's
 
 from __future__ import annotations
 
+import functools
 import html
 from collections.abc import Iterable
 
@@ -45,19 +46,25 @@ def room_items_html(states: Iterable[RoomState], current_id: int | None) -> Mark
     ([a-z0-9_.-]) cannot carry markup; only display names are escaped.
     """
     items = []
-    for s in states:
-        room = s.room
-        here = room.id == current_id
-        if room.kind == "private":
-            sigil = '<span class="sigil lock" title="private"></span>'
+    for room, unread, peer in states:
+        link, inner = _room_item_parts(room.id, room.slug, room.name, room.kind, peer)
+        if room.id == current_id:
+            items.append(f'{link} aria-current="page">{inner}</span></a></li>')
+        elif unread:
+            items.append(f'{link} class="has-unread">{inner}{unread}</span></a></li>')
         else:
-            sigil = f'<span class="sigil">{"@" if room.kind == "dm" else "#"}</span>'
-        unread = "" if here or not s.unread else str(s.unread)
-        current = ' aria-current="page"' if here else ""
-        flag = ' class="has-unread"' if unread else ""
-        label = s.peer or html.escape(room.name, quote=False)
-        items.append(
-            f'<li><a href="{s.href}"{current}{flag}>{sigil}<span class="label">{label}</span>'
-            f'<span class="badge" data-unread="{room.slug}">{unread}</span></a></li>'
-        )
+            items.append(f"{link}>{inner}</span></a></li>")
     return Markup("\n".join(items))
+
+
+@functools.lru_cache(maxsize=8192)
+def _room_item_parts(room_id: int, slug: str, name: str, kind: str, peer: str | None) -> tuple[str, str]:
+    """The fixed parts of a sidebar entry: the link's start, and everything up to the badge's text."""
+    href = f"/dm/{peer}" if peer else f"/r/{slug}"
+    if kind == "private":
+        sigil = '<span class="sigil lock" title="private"></span>'
+    else:
+        sigil = f'<span class="sigil">{"@" if kind == "dm" else "#"}</span>'
+    label = peer or html.escape(name, quote=False)
+    return (f'<li><a href="{href}"',
+            f'{sigil}<span class="label">{label}</span><span class="badge" data-unread="{slug}">')

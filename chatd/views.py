@@ -100,6 +100,7 @@ def setup_templates(app: web.Application, path: str) -> jinja2.Environment:
     env = aiohttp_jinja2.setup(
         app, loader=jinja2.FileSystemLoader(path), autoescape=jinja2.select_autoescape(default=True),
         trim_blocks=True, lstrip_blocks=True,
+        auto_reload=False,  # templates ship in the package; no stat() per include per request
     )
     env.globals["room_items"] = fragments.room_items_html
     return env
