@@ -497,3 +497,71 @@ def test_dark_mode_is_dark(site: Site) -> None:
     login.goto("/login")
     assert login.eval_on_selector("body", LUMINANCE)["bg"] < 0.05
     assert login.eval_on_selector("input[name=username]", LUMINANCE)["fg"] > 0.3
+
+
+# -- 11. notifications ------------------------------------------------------------------------------
+
+# The browser's Notification API and tab visibility, replaced by recorders the test controls
+# (chatd's own code is untouched; only what the browser would show is observed).
+NOTIFICATION_RECORDER = """
+  window.__notes = [];
+  window.__hidden = false;
+  window.Notification = class {
+    constructor(title, options) { window.__notes.push({title, body: (options || {}).body || ""}); }
+    close() {}
+    static get permission() { return "granted"; }
+    static requestPermission() { return Promise.resolve("granted"); }
+  };
+  Object.defineProperty(Document.prototype, "hidden", {configurable: true, get() { return window.__hidden; }});
+  Object.defineProperty(Document.prototype, "visibilityState",
+    {configurable: true, get() { return window.__hidden ? "hidden" : "visible"; }});
+"""
+
+
+def set_hidden(page: Any, hidden: bool) -> None:
+    page.evaluate("h => { window.__hidden = h; document.dispatchEvent(new Event('visibilitychange')); }", hidden)
+
+
+@pytest.mark.browser
+def test_notifications_ask_with_a_button_never_on_load(site: Site) -> None:
+    bob = site.page("bob")
+    # The permission is still the browser's default after the page loaded: nothing asked.
+    assert bob.evaluate("Notification.permission") == "default"
+    expect(bob.locator("#notify")).to_be_visible()
+
+
+@pytest.mark.browser
+def test_mentions_and_dms_notify_while_hidden_and_title_counts(site: Site) -> None:
+    alice = site.page("alice")
+    context = site.browser.new_context(base_url=site.url)
+    site.contexts.append(context)
+    context.add_init_script(NOTIFICATION_RECORDER)
+    bob = context.new_page()
+    sign_in(bob, "bob", PASSWORD)
+    wait_online(bob)
+    expect(bob.locator("#notify")).to_be_hidden()  # permission already granted
+    base_title = bob.title()
+    set_hidden(bob, True)
+
+    send(alice, "just chatting, no mention")
+    expect(message_by_text(bob, "just chatting, no mention")).to_have_count(1)
+    send(alice, "@bob can you look at this?")
+    expect(message_by_text(bob, "can you look at this?")).to_have_count(1)
+    wait_until(lambda: len(bob.evaluate("window.__notes")) == 1, "a notification for the mention")
+    note = bob.evaluate("window.__notes")[0]
+    assert note["title"] == "alice" and "can you look at this?" in note["body"]
+    # The title counts what arrived while the tab was hidden.
+    wait_until(lambda: bob.title() == f"(2) {base_title}", "the hidden tab's title to count 2")
+
+    alice_api = site.api("alice")
+    status, dm = alice_api.call("POST", "/api/v1/dms", {"username": "bob"})
+    assert status == 200
+    alice_api.post_message(dm["room"]["slug"], "a private word")
+    wait_until(lambda: len(bob.evaluate("window.__notes")) == 2, "a notification for the DM")
+    note = bob.evaluate("window.__notes")[1]
+    assert note["title"] == "alice" and note["body"] == "a private word"
+    wait_until(lambda: bob.title() == f"(3) {base_title}", "the title to count the DM too")
+
+    set_hidden(bob, False)
+    wait_until(lambda: bob.title() == base_title, "the title to reset when the tab is visible")
+    assert len(bob.evaluate("window.__notes")) == 2  # nothing for the plain message
