@@ -1,0 +1,646 @@
+"""The load generator: runs one workload against one server and prints one JSON result line.
+
+Started by bench/run.py as `taskset -c 1 python bench/loadgen.py SPEC.json`, pinned to its own
+core so that it never takes CPU from the server under test. It counts every delivery on
+every socket: a message that one subscriber misses, or receives twice, or out of id order,
+makes the result `ok: false`, whatever the throughput.
+
+Workloads (the spec's "workload" key):
+  fanout       N sockets subscribe; S of them also send, each waiting for its acknowledgement
+               (its own message coming back) before sending the next. Used for fanout, posts
+               (stream) and browser (HTML fragments over /ws).
+  latency      N sockets subscribe; S of them send at a fixed total rate without waiting
+               (open loop, so a slow server cannot slow the clock); send-to-receive latency
+               of every delivery.
+  connections  N idle sockets; server RSS before and after.
+  http_posts   C clients POST messages, each waiting for its 201 before the next.
+  pages        C clients GET room pages or history pages and check the newest message ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import sys
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httpclient  # noqa: E402
+import wsclient  # noqa: E402
+from procstat import CpuWindow, raise_nofile, rss_bytes  # noqa: E402
+
+Spec = dict[str, Any]
+BODY = "message {seq} from {name}: the quick brown fox jumps over the lazy dog, <b>twice</b> & more"
+MAX_ERRORS_KEPT = 5
+# Client ids must be new on every run: chatd answers a repeated (client_id, room, body) from the same
+# user as a retry, with the first copy's id and only to the sender.
+RUN = secrets.token_hex(4)
+
+# -- protocols: how to read a message id and an acknowledgement out of a frame -------------------
+
+
+class StreamProtocol:
+    """JSON events of GET /api/v1/stream (and of the reference broadcaster)."""
+
+    path = "/api/v1/stream"
+    # chatd and the reference both serialise the message's id first; anything else takes
+    # the slow path (a full JSON parse), so the count stays right whatever the key order.
+    prefix = b'{"type":"message","message":{"id":'
+    cid_key = b'"client_id":"'
+
+    def message_id(self, data: bytes) -> int | None:
+        if data.startswith(self.prefix):
+            start = len(self.prefix)
+            return int(data[start : data.index(b",", start)])
+        if b'"type":"message"' in data:
+            event = json.loads(data)
+            if event.get("type") == "message":
+                return int(event["message"]["id"])
+        return None  # presence, typing, errors
+
+    def client_id(self, data: bytes) -> bytes | None:
+        # Keys inside a JSON string are escaped (\"), so only the real key matches.
+        at = data.rfind(self.cid_key)
+        if at < 0:
+            return None
+        start = at + len(self.cid_key)
+        return data[start : data.index(b'"', start)]
+
+    def is_error(self, data: bytes) -> bool:
+        return b'"type":"error"' in data
+
+    def send_frame(self, body: str, client_id: str) -> bytes:
+        frame = {"type": "send", "room": "general", "body": body, "client_id": client_id}
+        return json.dumps(frame, separators=(",", ":")).encode()
+
+
+class BrowserProtocol(StreamProtocol):
+    """HTML fragments of GET /ws (the HTMX socket): <article ... id="message-{id}" ...>."""
+
+    path = "/ws?room=general"
+    id_attr = b'id="message-'
+    cid_attr = b'data-client-id="'
+
+    def message_id(self, data: bytes) -> int | None:
+        at = data.find(self.id_attr)
+        if at < 0:
+            return None  # online list, unread counts, typing
+        start = at + len(self.id_attr)
+        return int(data[start : data.index(b'"', start)])
+
+    def client_id(self, data: bytes) -> bytes | None:
+        at = data.find(self.cid_attr)
+        if at < 0:
+            return None
+        start = at + len(self.cid_attr)
+        return data[start : data.index(b'"', start)]
+
+    def is_error(self, data: bytes) -> bool:
+        return data.startswith(b'{"error"')
+
+    def send_frame(self, body: str, client_id: str) -> bytes:
+        frame = {"type": "send", "body": body, "client_id": client_id}
+        return json.dumps(frame, separators=(",", ":")).encode()
+
+
+PROTOCOLS: dict[str, StreamProtocol] = {"stream": StreamProtocol(), "browser": BrowserProtocol()}
+
+
+# -- shared plumbing ------------------------------------------------------------------------------
+
+
+class Failure(Exception):
+    """The workload could not run at all (a refused connection, a dead server)."""
+
+
+class Subscribers:
+    """Per-socket delivery accounting shared by the socket workloads."""
+
+    def __init__(self, n: int, protocol: StreamProtocol) -> None:
+        self.protocol = protocol
+        self.count = [0] * n
+        self.last = [0] * n
+        self.duplicates = 0
+        self.errors: list[str] = []
+        self.error_count = 0
+        self.closed_early = 0
+        self.closing = False
+
+    def record_error(self, data: bytes) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_ERRORS_KEPT:
+            self.errors.append(data[:300].decode(errors="replace"))
+
+    def on_closed(self, index: int) -> None:
+        if not self.closing:
+            self.closed_early += 1
+
+    def lost(self, total: int) -> int:
+        return sum(max(0, total - c) for c in self.count)
+
+    def extra(self, total: int) -> int:
+        return sum(max(0, c - total) for c in self.count)
+
+
+async def connect_all(
+    backend: wsclient.Backend, url: str, headers: list[dict[str, str]], sink: wsclient.Sink,
+    n: int, concurrency: int,
+) -> tuple[list[wsclient.Socket | None], Counter[str]]:
+    """Open n sockets, at most `concurrency` handshakes at a time; socket i uses headers[i % len]."""
+    gate = asyncio.Semaphore(concurrency)
+    failures: Counter[str] = Counter()
+
+    async def one(i: int) -> wsclient.Socket | None:
+        async with gate:
+            try:
+                return await backend.connect(url, headers[i % len(headers)], sink, i)
+            except wsclient.ConnectFailed as exc:
+                failures[str(exc)] += 1
+                return None
+
+    sockets = await asyncio.gather(*(one(i) for i in range(n)))
+    return list(sockets), failures
+
+
+async def wait_until(done: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(step)
+    return True
+
+
+def close_all(sockets: list[wsclient.Socket | None]) -> None:
+    for socket in sockets:
+        if socket is not None:
+            socket.close()
+
+
+def ws_url(spec: Spec, protocol: StreamProtocol) -> str:
+    return spec["url"].replace("http://", "ws://", 1) + protocol.path
+
+
+def percentile(sorted_values: list[float] | array, q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+# -- fanout: closed-loop senders, every subscriber gets everything ----------------------------------
+
+
+class Sender:
+    """Sends one message, waits for its acknowledgement, sends the next."""
+
+    def __init__(self, run: FanoutRun, socket: wsclient.Socket, name: str) -> None:
+        self.run, self.socket, self.name = run, socket, name
+        self.pending: bytes | None = None
+        self.seq = 0
+        self.acked: list[int] = []
+        self.refused = 0
+
+    def send_next(self) -> None:
+        run = self.run
+        if run.stopping or run.sent >= run.max_messages:
+            self.pending = None
+            return
+        self.seq += 1
+        cid = f"{self.name}-{self.seq}"
+        self.pending = cid.encode()
+        run.sent += 1
+        self.socket.send(run.protocol.send_frame(BODY.format(seq=self.seq, name=self.name), cid))
+
+    def on_ack(self, message_id: int) -> None:
+        self.acked.append(message_id)
+        if self.run.measuring:
+            self.run.window_acks += 1
+        self.send_next()
+
+
+class FanoutRun(Subscribers):
+    def __init__(self, spec: Spec) -> None:
+        self.n = spec["subscribers"]
+        super().__init__(self.n, PROTOCOLS[spec["protocol"]])
+        self.max_messages = spec["max_messages"]
+        self.sent = 0
+        self.stopping = False
+        self.measuring = False
+        self.window_deliveries = 0
+        self.window_acks = 0
+        self.senders: list[Sender | None] = [None] * self.n
+        self._mid = self.protocol.message_id
+        self._cid = self.protocol.client_id
+
+    def on_text(self, index: int, data: bytes) -> None:
+        mid = self._mid(data)
+        sender = self.senders[index]
+        if mid is None:
+            if self.protocol.is_error(data):
+                self.record_error(data)
+                if sender is not None and sender.pending is not None and sender.pending in data:
+                    sender.refused += 1
+                    sender.send_next()
+            return
+        if mid <= self.last[index]:
+            self.duplicates += 1
+        else:
+            self.last[index] = mid
+        self.count[index] += 1
+        if self.measuring:
+            self.window_deliveries += 1
+        if sender is not None and sender.pending is not None and sender.pending == self._cid(data):
+            sender.on_ack(mid)
+
+
+async def fanout(spec: Spec, backend: wsclient.Backend) -> dict[str, Any]:
+    run = FanoutRun(spec)
+    started = time.perf_counter()
+    sockets, failures = await connect_all(
+        backend, ws_url(spec, run.protocol), spec["headers"], run, run.n, spec.get("concurrency", 100)
+    )
+    if failures:
+        raise Failure(f"{sum(failures.values())} of {run.n} sockets refused: {dict(failures)}")
+    connect_s = time.perf_counter() - started
+    senders = [Sender(run, sockets[i], f"{RUN}-s{i}") for i in range(spec["senders"])]  # type: ignore[arg-type]
+    for i, sender in enumerate(senders):
+        run.senders[i] = sender
+    await asyncio.sleep(spec["settle"])  # let presence events for the new sockets pass
+    cpu = CpuWindow(spec["server_pid"])
+    for sender in senders:
+        sender.send_next()
+    await asyncio.sleep(spec["warmup"])
+    run.measuring = True
+    cpu.start()
+    await asyncio.sleep(spec["duration"])
+    run.measuring = False
+    cpu.stop()
+    run.stopping = True
+    acked_all = await wait_until(lambda: all(s.pending is None for s in senders), spec["drain"])
+    total = sum(len(s.acked) for s in senders)
+    drained = await wait_until(lambda: min(run.count) >= total, spec["drain"])
+    run.closing = True
+    close_all(sockets)
+    acked_ids = [mid for s in senders for mid in s.acked]
+    unacked = run.sent - total - sum(s.refused for s in senders)
+    problems = _fanout_problems(run, total, acked_ids, unacked, acked_all and drained)
+    return {
+        "ok": not problems, "problems": problems,
+        "deliveries_per_s": run.window_deliveries / cpu.wall,
+        "acked_per_s": run.window_acks / cpu.wall,
+        "messages": total, "deliveries": sum(run.count), "expected_deliveries": total * run.n,
+        "lost": run.lost(total) + unacked, "duplicates": run.duplicates, "errors": run.errors,
+        "subscribers": run.n, "senders": len(senders), "connect_s": connect_s,
+        **cpu.as_dict(),
+        "hit_max_messages": run.sent >= run.max_messages,
+    }
+
+
+def _fanout_problems(
+    run: FanoutRun, total: int, acked_ids: list[int], unacked: int, finished: bool
+) -> list[str]:
+    problems = []
+    if not finished:
+        problems.append("timed out waiting for acknowledgements or deliveries")
+    if unacked:
+        problems.append(f"{unacked} sends never acknowledged")
+    if len(set(acked_ids)) != len(acked_ids):
+        problems.append("two sends acknowledged with the same message id")
+    lost, extra = run.lost(total), run.extra(total)
+    if lost:
+        problems.append(f"{lost} deliveries missing ({sum(1 for c in run.count if c < total)} sockets short)")
+    if extra:
+        problems.append(f"{extra} deliveries more than sent")
+    if run.duplicates:
+        problems.append(f"{run.duplicates} duplicate or out-of-order deliveries")
+    if run.error_count:
+        problems.append(f"{run.error_count} error events, e.g. {run.errors[0]}")
+    if run.closed_early:
+        problems.append(f"{run.closed_early} sockets closed by the server")
+    if total == 0:
+        problems.append("no message was acknowledged")
+    return problems
+
+
+# -- latency: open-loop senders at a fixed rate -----------------------------------------------------
+
+
+class LatencyRun(Subscribers):
+    def __init__(self, spec: Spec) -> None:
+        self.n = spec["subscribers"]
+        super().__init__(self.n, PROTOCOLS[spec["protocol"]])
+        self.ids = [array("q") for _ in range(self.n)]
+        self.times = [array("d") for _ in range(self.n)]
+        self.is_sender = [False] * self.n
+        self.sent_at: dict[bytes, float] = {}
+        self.ack_id: dict[bytes, int] = {}
+        self._mid = self.protocol.message_id
+
+    def on_text(self, index: int, data: bytes) -> None:
+        now = time.perf_counter()
+        mid = self._mid(data)
+        if mid is None:
+            if self.protocol.is_error(data):
+                self.record_error(data)
+            return
+        if mid <= self.last[index]:
+            self.duplicates += 1
+        else:
+            self.last[index] = mid
+        self.count[index] += 1
+        self.ids[index].append(mid)
+        self.times[index].append(now)
+        if self.is_sender[index]:
+            cid = self.protocol.client_id(data)
+            if cid is not None and cid in self.sent_at:
+                self.ack_id[cid] = mid
+
+
+async def latency(spec: Spec, backend: wsclient.Backend) -> dict[str, Any]:
+    run = LatencyRun(spec)
+    sockets, failures = await connect_all(
+        backend, ws_url(spec, run.protocol), spec["headers"], run, run.n, spec.get("concurrency", 100)
+    )
+    if failures:
+        raise Failure(f"{sum(failures.values())} of {run.n} sockets refused: {dict(failures)}")
+    senders = sockets[: spec["senders"]]
+    for i in range(len(senders)):
+        run.is_sender[i] = True
+    await asyncio.sleep(spec["settle"])
+    warm, count, rate = spec["warmup_messages"], spec["count"], spec["rate"]
+    cpu = CpuWindow(spec["server_pid"])
+    order: list[bytes] = []
+    lag = await _pace(run, senders, warm + count, rate, order, lambda k: cpu.start() if k == warm else None)
+    total = warm + count
+    acked = await wait_until(lambda: len(run.ack_id) >= total, spec["drain"])
+    drained = await wait_until(lambda: min(run.count) >= total, spec["drain"])
+    cpu.stop()
+    run.closing = True
+    close_all(sockets)
+    samples = _latencies(run, order, warm)
+    problems = []
+    if not (acked and drained):
+        problems.append(f"timed out: {len(run.ack_id)} of {total} acknowledged")
+    lost = run.lost(total)
+    if lost or run.extra(total) or run.duplicates:
+        problems.append(f"{lost} lost, {run.extra(total)} extra, {run.duplicates} duplicate/out-of-order")
+    if run.error_count:
+        problems.append(f"{run.error_count} error events, e.g. {run.errors[0]}")
+    if run.closed_early:
+        problems.append(f"{run.closed_early} sockets closed by the server")
+    return {
+        "ok": not problems, "problems": problems,
+        "p50_ms": percentile(samples, 0.50) * 1e3, "p90_ms": percentile(samples, 0.90) * 1e3,
+        "p99_ms": percentile(samples, 0.99) * 1e3, "p999_ms": percentile(samples, 0.999) * 1e3,
+        "max_ms": (samples[-1] if samples else float("nan")) * 1e3, "samples": len(samples),
+        "messages": total, "rate": rate, "subscribers": run.n, "max_send_lag_ms": lag * 1e3,
+        "lost": lost, "duplicates": run.duplicates, "errors": run.errors,
+        **cpu.as_dict(),
+    }
+
+
+async def _pace(
+    run: LatencyRun, senders: list[Any], total: int, rate: float, order: list[bytes],
+    on_send: Callable[[int], object],
+) -> float:
+    """Send message k at start + k/rate, round-robin over the senders; return the worst lateness."""
+    start = time.perf_counter()
+    worst = 0.0
+    for k in range(total):
+        due = start + k / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        on_send(k)
+        cid = f"{RUN}-L{k}"
+        key = cid.encode()
+        now = time.perf_counter()
+        worst = max(worst, now - due)
+        run.sent_at[key] = now
+        order.append(key)
+        senders[k % len(senders)].send(run.protocol.send_frame(BODY.format(seq=k, name="latency"), cid))
+    return worst
+
+
+def _latencies(run: LatencyRun, order: list[bytes], warm: int) -> list[float]:
+    """Every delivery's send-to-receive time, in seconds, sorted; warm-up messages left out."""
+    sent_at = {run.ack_id[cid]: run.sent_at[cid] for cid in order[warm:] if cid in run.ack_id}
+    samples: list[float] = []
+    for ids, times in zip(run.ids, run.times, strict=False):
+        samples.extend(t - sent_at[mid] for mid, t in zip(ids, times, strict=False) if mid in sent_at)
+    samples.sort()
+    return samples
+
+
+# -- connections: many idle sockets, server memory ----------------------------------------------------
+
+
+class IdleRun(Subscribers):
+    def __init__(self, n: int) -> None:
+        super().__init__(n, PROTOCOLS["stream"])
+        self.frames = 0
+
+    def on_text(self, index: int, data: bytes) -> None:
+        self.frames += 1  # presence events while the others connect
+
+
+async def connections(spec: Spec, backend: wsclient.Backend) -> dict[str, Any]:
+    n, pid = spec["connections"], spec["server_pid"]
+    run = IdleRun(n)
+    rss_before = rss_bytes(pid)
+    cpu = CpuWindow(pid)
+    cpu.start()
+    sockets, failures = await connect_all(
+        backend, ws_url(spec, run.protocol), spec["headers"], run, n, spec.get("concurrency", 200)
+    )
+    cpu.stop()
+    accepted = sum(1 for s in sockets if s is not None)
+    await asyncio.sleep(spec["settle"])
+    server_count = await _server_count(spec)
+    rss_after = rss_bytes(pid)
+    still_open = accepted - run.closed_early
+    run.closing = True
+    close_all(sockets)
+    problems = []
+    if failures:
+        problems.append(f"{sum(failures.values())} refused: {dict(failures)}")
+    if run.closed_early:
+        problems.append(f"{run.closed_early} sockets closed by the server while idle")
+    if server_count is not None and server_count < still_open:
+        problems.append(f"the server counts {server_count} sockets, {still_open} open")
+    per_conn = (rss_after - rss_before) / max(accepted, 1)
+    return {
+        "ok": not problems, "problems": problems, "connections": n, "accepted": accepted,
+        "server_count": server_count, "rss_before_mb": rss_before / 2**20, "rss_after_mb": rss_after / 2**20,
+        "kb_per_connection": per_conn / 1024, "connect_s": cpu.wall, "connects_per_s": accepted / cpu.wall,
+        **cpu.as_dict(), "idle_frames": run.frames,
+    }
+
+
+async def _server_count(spec: Spec) -> int | None:
+    """How many sockets the server itself reports (chatd: /metrics; reference: /count)."""
+    conn = await httpclient.open_connection(spec["url"])
+    try:
+        request = httpclient.build_request("GET", spec["url"], spec["count_path"], {})
+        status, body = await conn.request(request)
+    finally:
+        conn.close()
+    found = re.search(spec["count_regex"].encode(), body) if status == 200 else None
+    return int(found.group(1)) if found else None
+
+
+# -- HTTP posts -------------------------------------------------------------------------------------
+
+
+async def http_posts(spec: Spec, backend: wsclient.Backend) -> dict[str, Any]:
+    url, path = spec["url"], spec["path"]
+    conns = [await httpclient.open_connection(url) for _ in range(spec["clients"])]
+    state = {"measuring": False, "stop": False, "window": 0}
+    ids: list[int] = []
+    errors: Counter[str] = Counter()
+
+    async def client(c: int, conn: httpclient.HttpConnection) -> None:
+        headers = {**spec["headers"][c % len(spec["headers"])], "Content-Type": "application/json"}
+        seq = 0
+        while not state["stop"]:
+            seq += 1
+            body = json.dumps({"body": BODY.format(seq=seq, name=f"h{c}"), "client_id": f"{RUN}-h{c}-{seq}"})
+            request = httpclient.build_request("POST", url, path, headers, body.encode())
+            status, answer = await conn.request(request)
+            if status != 201:
+                errors[f"HTTP {status}: {answer[:120].decode(errors='replace')}"] += 1
+                continue
+            ids.append(json.loads(answer)["message"]["id"])
+            if state["measuring"]:
+                state["window"] += 1
+
+    cpu = CpuWindow(spec["server_pid"])
+    tasks = [asyncio.create_task(client(c, conn)) for c, conn in enumerate(conns)]
+    await asyncio.sleep(spec["warmup"])
+    state["measuring"] = True
+    cpu.start()
+    await asyncio.sleep(spec["duration"])
+    state["measuring"] = False
+    cpu.stop()
+    state["stop"] = True
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), spec["drain"])
+    for conn in conns:
+        conn.close()
+    problems = [f"client failed: {r!r}" for r in results if isinstance(r, BaseException)]
+    if errors:
+        problems.append(f"{sum(errors.values())} failed posts: {dict(errors.most_common(3))}")
+    if len(set(ids)) != len(ids):
+        problems.append("two posts answered with the same message id")
+    return {
+        "ok": not problems, "problems": problems, "acked_per_s": state["window"] / cpu.wall,
+        "messages": len(ids), "clients": len(conns),
+        **cpu.as_dict(),
+    }
+
+
+# -- pages: room page and history API -----------------------------------------------------------------
+
+_MESSAGE_ID = re.compile(rb'id="message-(\d+)"')
+
+
+def _page_ids(kind: str, body: bytes) -> list[int]:
+    if kind == "room":
+        return [int(m) for m in _MESSAGE_ID.findall(body)]
+    return [m["id"] for m in json.loads(body)["messages"]]
+
+
+async def pages(spec: Spec, backend: wsclient.Backend) -> dict[str, Any]:
+    results = {}
+    for kind in spec["kinds"]:
+        results[kind] = await _pages_kind(spec, kind)
+    return {"ok": all(r["ok"] for r in results.values()), "kinds": results,
+            "problems": [p for r in results.values() for p in r["problems"]]}
+
+
+async def _pages_kind(spec: Spec, kind: str) -> dict[str, Any]:
+    url, expected = spec["url"], {slug: ids for slug, ids in spec["expected"].items()}
+    slugs = sorted(expected)
+    template, headers = spec["paths"][kind], spec["page_headers"][kind]
+    conns = [await httpclient.open_connection(url) for _ in range(spec["clients"])]
+    state = {"measuring": False, "stop": False}
+    latencies: list[float] = []
+    bad: Counter[str] = Counter()
+    requests = {
+        slug: httpclient.build_request("GET", url, template.format(slug=slug), headers) for slug in slugs
+    }
+
+    async def client(c: int, conn: httpclient.HttpConnection) -> None:
+        k = c
+        while not state["stop"]:
+            slug = slugs[k % len(slugs)]
+            k += len(conns) + 1
+            t0 = time.perf_counter()
+            status, body = await conn.request(requests[slug])
+            took = time.perf_counter() - t0
+            if status != 200:
+                bad[f"HTTP {status}"] += 1
+            elif _page_ids(kind, body) != expected[slug]:
+                bad[f"wrong message ids for {slug}"] += 1
+            if state["measuring"]:
+                latencies.append(took)
+
+    cpu = CpuWindow(spec["server_pid"])
+    tasks = [asyncio.create_task(client(c, conn)) for c, conn in enumerate(conns)]
+    await asyncio.sleep(spec["warmup"])
+    state["measuring"] = True
+    cpu.start()
+    await asyncio.sleep(spec["duration"])
+    state["measuring"] = False
+    cpu.stop()
+    state["stop"] = True
+    done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), spec["drain"])
+    for conn in conns:
+        conn.close()
+    latencies.sort()
+    problems = [f"client failed: {r!r}" for r in done if isinstance(r, BaseException)]
+    if bad:
+        problems.append(f"{sum(bad.values())} bad responses: {dict(bad.most_common(3))}")
+    return {
+        "ok": not problems, "problems": problems, "requests_per_s": len(latencies) / cpu.wall,
+        "requests": len(latencies), "p50_ms": percentile(latencies, 0.5) * 1e3,
+        "p99_ms": percentile(latencies, 0.99) * 1e3, "max_ms": (latencies[-1] if latencies else 0) * 1e3,
+        "clients": len(conns), **cpu.as_dict(),
+    }
+
+
+WORKLOADS = {
+    "fanout": fanout, "latency": latency, "connections": connections,
+    "http_posts": http_posts, "pages": pages,
+}
+
+
+async def _main(spec: Spec, backend: wsclient.Backend) -> dict[str, Any]:
+    try:
+        return await WORKLOADS[spec["workload"]](spec, backend)
+    finally:
+        await backend.aclose()
+
+
+def main() -> int:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    raise_nofile()
+    backend = wsclient.pick(spec.get("client", "auto"))
+    try:
+        result = backend.run(_main(spec, backend))
+    except Failure as exc:
+        result = {"ok": False, "problems": [str(exc)], "failed": True}
+    result["client"] = backend.name
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
