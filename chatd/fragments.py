@@ -68,3 +68,15 @@ def _room_item_parts(room_id: int, slug: str, name: str, kind: str, peer: str | 
     label = peer or html.escape(name, quote=False)
     return (f'<li><a href="{href}"',
             f'{sigil}<span class="label">{label}</span><span class="badge" data-unread="{slug}">')
+
+
+def online_html(names: list[str], oob: bool = False, shown: int = 100) -> Markup:
+    """The people-online list (`#online`); `oob` makes it an htmx out-of-band swap."""
+    swap = ' hx-swap-oob="true"' if oob else ""
+    items = [f'<li><a href="/dm/{n}"><span class="dot" aria-hidden="true"></span>{n}</a></li>'
+             for n in names[:shown]]  # usernames are [a-z0-9_.-]
+    if not items:
+        items.append('<li class="empty">Nobody is online</li>')
+    if len(names) > shown:
+        items.append(f'<li class="empty">and {len(names) - shown} more</li>')
+    return Markup(f'<ul id="online" class="people"{swap} aria-live="polite">\n' + "\n".join(items) + "\n</ul>")

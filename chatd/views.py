@@ -73,7 +73,6 @@ class HtmlRenderer:
     """Message and presence HTML for pages and browser tabs, each message rendered once per variant."""
 
     def __init__(self, env: jinja2.Environment) -> None:
-        self._online = env.get_template("_online.html")
         self._cache: OrderedDict[tuple[int, str], str] = OrderedDict()
         env.globals["messages_html"] = self.messages_html
 
@@ -93,7 +92,7 @@ class HtmlRenderer:
         return fragments.variant_for(message, user)
 
     def online_fragment(self, names: list[str]) -> str:
-        return self._online.render(online=names[:ONLINE_SHOWN], more=max(0, len(names) - ONLINE_SHOWN), oob=True)
+        return fragments.online_html(names, oob=True, shown=ONLINE_SHOWN)
 
 
 def setup_templates(app: web.Application, path: str) -> jinja2.Environment:
@@ -103,6 +102,7 @@ def setup_templates(app: web.Application, path: str) -> jinja2.Environment:
         auto_reload=False,  # templates ship in the package; no stat() per include per request
     )
     env.globals["room_items"] = fragments.room_items_html
+    env.globals["online_html"] = fragments.online_html
     return env
 
 

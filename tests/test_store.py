@@ -120,3 +120,45 @@ async def test_restore_from_backup(tmp_path: Path, server_factory) -> None:
     assert run_cli("users", db=restored).stdout.split() == ["alice"]
     server = server_factory(db=restored).start()
     assert server.terminate() == 0
+
+
+async def test_in_memory_room_table_and_read_marks_agree_with_the_database(chat: Chat) -> None:
+    """The sidebar's counts come from memory; after any mix of writes they equal SQL's."""
+    import random
+
+    rng = random.Random(7)
+    services, store = chat.services, chat.services.store
+    names = ["ann", "ben", "cat", "dan"]
+    users = [await chat.user(n) for n in names]
+    await services.chat.create_room(users[0], "pub", None, False)
+    await services.chat.create_room(users[0], "priv", None, True)
+    await services.chat.add_member(users[0], "priv", "ben")
+    for step in range(300):
+        user = rng.choice(users)
+        action = rng.random()
+        states = await services.chat.rooms_for(user)  # also loads this user's marks
+        room = rng.choice(states).room
+        if action < 0.55:
+            await services.chat.post_in(user, room, f"step {step}")
+        elif action < 0.8:
+            await services.chat.mark_read_in(user, room, rng.randint(0, room.last_message_id + 2))
+        elif action < 0.87:
+            await services.chat.open_dm(user, rng.choice(names))
+        elif action < 0.93 and user.username == "ann":
+            await services.chat.add_member(user, "priv", rng.choice(names[1:]))
+        elif action < 1 and room.kind == "private" and user.username != "ann":
+            await services.chat.remove_member(user, "priv", user.username)
+    for user in users:
+        for state in await store.rooms_for(user):
+            assert state.unread == await store.unread(user, state.room), (user.username, state.room.slug)
+            fresh = store.rooms[state.room.id]
+            assert (fresh.message_count, fresh.last_message_id) == (state.room.message_count, state.room.last_message_id)
+    # A cold start (empty caches, everything read from the file) agrees too.
+    cold = Store(store.path)
+    await cold.open()
+    try:
+        for user in users:
+            warm = {s.room.slug: s.unread for s in await store.rooms_for(user)}
+            assert {s.room.slug: s.unread for s in await cold.rooms_for(user)} == warm
+    finally:
+        await cold.close()

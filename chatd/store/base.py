@@ -16,6 +16,7 @@ from chatd.store.writer import MessageWriter, OnCommit, OnLatency
 
 T = TypeVar("T")
 MESSAGE_CACHE = 20_000
+MARKS_CACHE = 5_000
 
 _USER = "SELECT id, username, admin, active FROM users"
 _ROOM = "SELECT id, slug, name, kind, last_message_id, message_count FROM rooms"
@@ -59,6 +60,7 @@ class StoreBase:
         # counts change, only through this server's writer (one server per database).
         self.rooms: dict[int, Room] = {}
         self._public: list[Room] = []
+        self._marks: OrderedDict[int, dict[int, int]] = OrderedDict()
 
     def note_room(self, room: Room) -> None:
         """Record a new or changed room in the in-memory room table."""
@@ -68,12 +70,44 @@ class StoreBase:
                                   key=lambda r: r.name)
 
     def _count_messages(self, messages: list[Message]) -> None:
+        """Committed messages: room counts move on, and posting reads the room for its author."""
         rooms = self.rooms
         for m in messages:
             room = rooms.get(m.room_id)
             if room is not None:
-                rooms[m.room_id] = room._replace(last_message_id=m.id, message_count=room.message_count + 1)
+                room = rooms[m.room_id] = room._replace(last_message_id=m.id, message_count=room.message_count + 1)
+                self.note_mark(m.author_id, room.id, room.message_count, create=room.kind == "public")
         self._public = [rooms[r.id] for r in self._public]
+
+    # Read marks (room id -> seq read) of recently active users, mirrored from the
+    # memberships table: loaded on first use, then kept in step by every write below.
+    # Updates are idempotent (max, set, pop), so a load racing a write stays right.
+
+    def user_marks(self, conn: sqlite3.Connection, user_id: int) -> dict[int, int]:
+        marks = self._marks.get(user_id)
+        if marks is None:
+            marks = self._marks[user_id] = dict(conn.execute(
+                "SELECT room_id, last_read_seq FROM memberships WHERE user_id = ?", (user_id,)))
+            if len(self._marks) > MARKS_CACHE:
+                self._marks.popitem(last=False)
+        else:
+            self._marks.move_to_end(user_id)
+        return marks
+
+    def note_mark(self, user_id: int, room_id: int, seq: int, create: bool) -> None:
+        """A read mark moved forward; `create` when a new row may have appeared."""
+        marks = self._marks.get(user_id)
+        if marks is None:
+            return
+        if room_id in marks:
+            marks[room_id] = max(marks[room_id], seq)
+        elif create:
+            marks[room_id] = seq
+
+    def forget_mark(self, user_id: int, room_id: int) -> None:
+        marks = self._marks.get(user_id)
+        if marks is not None:
+            marks.pop(room_id, None)
 
     def remember(self, messages: list[Message]) -> None:
         for message in messages:

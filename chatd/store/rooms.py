@@ -35,6 +35,8 @@ class RoomsStore(StoreBase):
 
         room = await self._writer.run(op)
         self.note_room(room)
+        if kind != "public":
+            self.note_mark(creator.id, room.id, 0, create=True)
         return room
 
     async def room_for(self, user: User, slug: str) -> Room:
@@ -65,8 +67,7 @@ class RoomsStore(StoreBase):
         """Every room this user may read, with its unread count for them."""
 
         def op(conn: sqlite3.Connection) -> list[RoomState]:
-            marks = dict(conn.execute(
-                "SELECT room_id, last_read_seq FROM memberships WHERE user_id = ?", (user.id,)))
+            marks = self.user_marks(conn, user.id)
             rooms = self.rooms
             states = [RoomState(r, max(0, r.message_count - marks.get(r.id, 0))) for r in self._public]
             closed = sorted((rooms[rid] for rid in marks if rid in rooms and rooms[rid].kind != "public"),
@@ -100,6 +101,8 @@ class RoomsStore(StoreBase):
                 return room
 
         room = await self._writer.run(op)
+        for user in (first, second):
+            self.note_mark(user.id, room.id, 0, create=True)
         # An existing room's counts in memory are the live ones (they may be a commit ahead).
         return self.rooms.get(room.id) or self._noted(room)
 
@@ -110,16 +113,20 @@ class RoomsStore(StoreBase):
     async def add_member(self, room: Room, user: User) -> bool:
         """Add a member; their read mark starts at the room's newest message."""
 
-        def op(conn: sqlite3.Connection) -> bool:
+        def op(conn: sqlite3.Connection) -> int | None:
             with transaction(conn):
-                cur = conn.execute(
+                row = conn.execute(
                     "INSERT OR IGNORE INTO memberships (room_id, user_id, last_read_id, last_read_seq)"
-                    " SELECT id, ?, last_message_id, message_count FROM rooms WHERE id = ?",
+                    " SELECT id, ?, last_message_id, message_count FROM rooms WHERE id = ?"
+                    " RETURNING last_read_seq",
                     (user.id, room.id),
-                )
-                return cur.rowcount > 0
+                ).fetchone()
+                return None if row is None else row[0]
 
-        return await self._writer.run(op)
+        seq = await self._writer.run(op)
+        if seq is not None:
+            self.note_mark(user.id, room.id, seq, create=True)
+        return seq is not None
 
     async def remove_member(self, room: Room, user: User) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
@@ -129,7 +136,9 @@ class RoomsStore(StoreBase):
                 )
                 return cur.rowcount > 0
 
-        return await self._writer.run(op)
+        removed = await self._writer.run(op)
+        self.forget_mark(user.id, room.id)
+        return removed
 
     async def members(self, room: Room) -> list[str]:
         return self._read(
@@ -182,7 +191,7 @@ class RoomsStore(StoreBase):
     async def mark_read(self, user: User, room: Room, message_id: int) -> int:
         """Move this user's read mark forward (never back); return the room's unread count."""
 
-        def op(conn: sqlite3.Connection) -> int:
+        def op(conn: sqlite3.Connection) -> tuple[int, int]:
             with transaction(conn):
                 row = conn.execute(
                     "SELECT id, seq FROM messages WHERE room_id = ? AND id <= ? ORDER BY id DESC LIMIT 1",
@@ -190,9 +199,11 @@ class RoomsStore(StoreBase):
                 ).fetchone()
                 if row is not None:
                     advance_read_mark(conn, room, user.id, row[0], row[1])
-                return _unread(conn, room.id, user.id)
+                return (row[1] if row else 0), _unread(conn, room.id, user.id)
 
-        return await self._writer.run(op)
+        seq, unread = await self._writer.run(op)
+        self.note_mark(user.id, room.id, seq, create=room.kind == "public")
+        return unread
 
     # -- messages -----------------------------------------------------------
 
