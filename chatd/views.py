@@ -217,8 +217,8 @@ async def _room_page(request: web.Request, user: User, credential: Any, room: Ro
     ctx = {
         "me": user, "room": room, "messages": messages, "csrf": credential.csrf,
         "more": len(messages) == page, "title": _title(room, user),
-        "rooms": [s for s in states if s.room.kind != "dm"],
-        "dms": [s for s in states if s.room.kind == "dm" and (s.room.last_message_id or s.room.id == room.id)],
+        "rooms": [s for s in states if s.peer is None],
+        "dms": [s for s in states if s.peer is not None and (s.room.last_message_id or s.room.id == room.id)],
         # The viewer's own socket is about to open: list them already.
         "online": sorted(set(services.live.online_in(room)) | {user.username}), "peer": _peer(room, user),
         "last_id": messages[-1].id if messages else 0,

@@ -68,8 +68,8 @@ class RoomsStore(StoreBase):
 
         def op(conn: sqlite3.Connection) -> list[RoomState]:
             marks = self.user_marks(conn, user.id)
-            rooms = self.rooms
-            states = [RoomState(r, max(0, r.message_count - marks.get(r.id, 0))) for r in self._public]
+            rooms, get, make = self.rooms, marks.get, RoomState._make
+            states = [make((r, max(0, r.message_count - get(r.id, 0)), None)) for r in self._public]
             closed = sorted((rooms[rid] for rid in marks if rid in rooms and rooms[rid].kind != "public"),
                             key=lambda r: r.name)
             for r in closed:
