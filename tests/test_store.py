@@ -162,3 +162,16 @@ async def test_in_memory_room_table_and_read_marks_agree_with_the_database(chat:
             assert {s.room.slug: s.unread for s in await cold.rooms_for(user)} == warm
     finally:
         await cold.close()
+
+
+async def test_latest_page_from_memory_matches_sql_while_posting(chat: Chat) -> None:
+    services, store = chat.services, chat.services.store
+    user = await chat.user("eve")
+    room = await services.chat.room_for(user, "general")
+    for round_ in range(5):
+        await asyncio.gather(*(services.chat.post_in(user, room, f"r{round_} m{i}") for i in range(60)))
+        page = await store.messages(room, limit=50)
+        sql = [r[0] for r in store._inline.execute(
+            "SELECT id FROM messages WHERE room_id = ? ORDER BY id DESC LIMIT 50", (room.id,))][::-1]
+        assert [m.id for m in page] == sql
+        assert len({m.id for m in page}) == 50

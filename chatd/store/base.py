@@ -17,6 +17,7 @@ from chatd.store.writer import MessageWriter, OnCommit, OnLatency
 T = TypeVar("T")
 MESSAGE_CACHE = 20_000
 MARKS_CACHE = 5_000
+LATEST_KEPT = 200  # newest message ids kept per room: a room page needs no SQL for them
 
 _USER = "SELECT id, username, admin, active FROM users"
 _ROOM = "SELECT id, slug, name, kind, last_message_id, message_count FROM rooms"
@@ -61,6 +62,7 @@ class StoreBase:
         self.rooms: dict[int, Room] = {}
         self._public: list[Room] = []
         self._marks: OrderedDict[int, dict[int, int]] = OrderedDict()
+        self._latest: dict[int, list[int]] = {}
 
     def note_room(self, room: Room) -> None:
         """Record a new or changed room in the in-memory room table."""
@@ -77,7 +79,22 @@ class StoreBase:
             if room is not None:
                 room = rooms[m.room_id] = room._replace(last_message_id=m.id, message_count=room.message_count + 1)
                 self.note_mark(m.author_id, room.id, room.message_count, create=room.kind == "public")
+            latest = self._latest.get(m.room_id)
+            # A load that raced this commit may already hold the id: ids only grow.
+            if latest is not None and (not latest or m.id > latest[-1]):
+                latest.append(m.id)
+                if len(latest) > 2 * LATEST_KEPT:
+                    del latest[:-LATEST_KEPT]
         self._public = [rooms[r.id] for r in self._public]
+
+    def latest_ids(self, conn: sqlite3.Connection, room_id: int) -> list[int]:
+        """The room's newest message ids, oldest first (at least LATEST_KEPT when it has them)."""
+        latest = self._latest.get(room_id)
+        if latest is None:
+            latest = self._latest[room_id] = [r[0] for r in conn.execute(
+                "SELECT id FROM messages WHERE room_id = ? ORDER BY id DESC LIMIT ?",
+                (room_id, LATEST_KEPT))][::-1]
+        return latest
 
     # Read marks (room id -> seq read) of recently active users, mirrored from the
     # memberships table: loaded on first use, then kept in step by every write below.

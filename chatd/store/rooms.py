@@ -7,7 +7,7 @@ import time
 
 from chatd.errors import Conflict, NotFound
 from chatd.models import Message, Room, RoomState, User
-from chatd.store.base import _MESSAGE, _ROOM, StoreBase, _messages, _room
+from chatd.store.base import _MESSAGE, _ROOM, LATEST_KEPT, StoreBase, _messages, _room
 from chatd.store.db import transaction
 from chatd.store.writer import advance_read_mark
 
@@ -218,6 +218,8 @@ class RoomsStore(StoreBase):
                 ids = [r[0] for r in conn.execute(
                     "SELECT id FROM messages WHERE room_id = ? AND id > ? ORDER BY id LIMIT ?",
                     (room.id, after, limit))]
+            elif before is None and limit <= LATEST_KEPT:
+                ids = self.latest_ids(conn, room.id)[-limit:]
             else:
                 bound = before if before is not None else (1 << 62)
                 ids = [r[0] for r in conn.execute(
