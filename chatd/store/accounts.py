@@ -10,6 +10,8 @@ from chatd.models import User
 from chatd.store.base import _USER, StoreBase, _bump_auth, _user
 from chatd.store.db import transaction
 
+SESSION_CACHE = 10_000
+
 
 class AccountsStore(StoreBase):
     # -- accounts -----------------------------------------------------------
@@ -163,14 +165,31 @@ class AccountsStore(StoreBase):
         await self._writer.run(op)
 
     async def user_for_session(self, token_hash: bytes) -> tuple[User, str] | None:
+        """The session's user and CSRF token. Answers are kept until the database changes:
+        PRAGMA data_version moves with every commit by another connection (this server's
+        writer, or a `chatd passwd`/`deluser` in another process), which empties the cache."""
+
         def op(conn: sqlite3.Connection) -> tuple[User, str] | None:
+            now = time.time()
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._sessions_version:
+                self._sessions.clear()
+                self._sessions_version = version
+            hit = self._sessions.get(token_hash)
+            if hit is not None and hit[2] > now:
+                return hit[0], hit[1]
             row = conn.execute(
-                "SELECT u.id, u.username, u.admin, u.active, s.csrf FROM sessions s"
+                "SELECT u.id, u.username, u.admin, u.active, s.csrf, s.expires_at FROM sessions s"
                 " JOIN users u ON u.id = s.user_id"
                 " WHERE s.token_hash = ? AND s.expires_at > ? AND u.active = 1",
-                (token_hash, time.time()),
+                (token_hash, now),
             ).fetchone()
-            return None if row is None else (_user(row[:4]), row[4])
+            if row is None:
+                return None
+            if len(self._sessions) >= SESSION_CACHE:
+                self._sessions.clear()
+            self._sessions[token_hash] = (_user(row[:4]), row[4], row[5])
+            return self._sessions[token_hash][:2]
 
         return self._read(op)
 

@@ -63,6 +63,8 @@ class StoreBase:
         self._public: list[Room] = []
         self._marks: OrderedDict[int, dict[int, int]] = OrderedDict()
         self._latest: dict[int, list[int]] = {}
+        self._sessions: dict[bytes, tuple[User, str, float]] = {}
+        self._sessions_version = -1
 
     def note_room(self, room: Room) -> None:
         """Record a new or changed room in the in-memory room table."""
