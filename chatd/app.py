@@ -13,7 +13,7 @@ from chatd.auth import add_security_headers, errors_middleware
 from chatd.config import Config
 from chatd.hub import Hub
 from chatd.services import Services
-from chatd.state import CONFIG, HUB, SERVICES, SETUP_TOKEN, STORE
+from chatd.state import CONFIG, HUB, RENDERER, SERVICES, SETUP_TOKEN, STORE
 from chatd.store import Store
 
 log = logging.getLogger("chatd.app")
@@ -36,7 +36,8 @@ def create_app(config: Config) -> web.Application:
     env = views.setup_templates(app, str(resource_dir("templates")))
     app[HUB] = Hub(config.send_buffer_bytes)
     app[STORE] = Store(config.db, config.sync)
-    app[SERVICES] = Services(config, app[STORE], app[HUB], views.HtmlRenderer(env))
+    app[RENDERER] = views.HtmlRenderer(env)
+    app[SERVICES] = Services(config, app[STORE], app[HUB], app[RENDERER])
     app.add_routes(views.routes)
     app.add_routes(api.routes)
     app.router.add_static("/static", resource_dir("static"), append_version=False)

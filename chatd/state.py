@@ -14,3 +14,4 @@ STORE = web.AppKey("store", Store)
 HUB = web.AppKey("hub", Hub)
 SERVICES = web.AppKey("services", Services)
 SETUP_TOKEN = web.AppKey("setup_token", list)  # [token or None], filled at startup
+RENDERER = web.AppKey("renderer", object)  # views.HtmlRenderer (state cannot import views)

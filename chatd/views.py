@@ -34,12 +34,13 @@ from chatd.hub import Conn
 from chatd.metrics import render_metrics
 from chatd.models import Message, Room, User
 from chatd.services import Services, parse_int
-from chatd.state import CONFIG, SERVICES, STORE
+from chatd.state import CONFIG, RENDERER, SERVICES, STORE
 
 log = logging.getLogger("chatd.views")
 routes = web.RouteTableDef()
 ONLINE_SHOWN = 100
 HTML_CACHE = 40_000
+SIDEBAR_CACHE = 10_000
 
 
 def _svc(request: web.Request) -> Services:
@@ -74,6 +75,8 @@ class HtmlRenderer:
 
     def __init__(self, env: jinja2.Environment) -> None:
         self._cache: OrderedDict[tuple[int, str], str] = OrderedDict()
+        # (user id, room id) -> (store epoch, room list HTML, DM list HTML)
+        self.sidebars: dict[tuple[int, int], tuple[int, Markup, Markup]] = {}
         env.globals["messages_html"] = self.messages_html
 
     def message_fragment(self, message: Message, variant: str) -> str:
@@ -101,7 +104,6 @@ def setup_templates(app: web.Application, path: str) -> jinja2.Environment:
         trim_blocks=True, lstrip_blocks=True,
         auto_reload=False,  # templates ship in the package; no stat() per include per request
     )
-    env.globals["room_items"] = fragments.room_items_html
     env.globals["online_html"] = fragments.online_html
     return env
 
@@ -213,17 +215,33 @@ async def _room_page(request: web.Request, user: User, credential: Any, room: Ro
     services = _svc(request)
     page = request.app[CONFIG].history_page
     messages = await services.store.messages(room, limit=page)
-    states = await services.chat.rooms_for(user)
+    rooms_html, dms_html = await _sidebar(request, user, room)
     ctx = {
         "me": user, "room": room, "messages": messages, "csrf": credential.csrf,
         "more": len(messages) == page, "title": _title(room, user),
-        "rooms": [s for s in states if s.peer is None],
-        "dms": [s for s in states if s.peer is not None and (s.room.last_message_id or s.room.id == room.id)],
+        "rooms_html": rooms_html, "dms_html": dms_html,
         # The viewer's own socket is about to open: list them already.
         "online": sorted(set(services.live.online_in(room)) | {user.username}), "peer": _peer(room, user),
         "last_id": messages[-1].id if messages else 0,
     }
     return aiohttp_jinja2.render_template("room.html", request, ctx)
+
+
+async def _sidebar(request: web.Request, user: User, room: Room) -> tuple[Markup, Markup]:
+    """The sidebar's room and DM lists, reused while nothing they show has changed."""
+    renderer, store = request.app[RENDERER], request.app[STORE]
+    key, epoch = (user.id, room.id), store.epoch
+    cached = renderer.sidebars.get(key)
+    if cached is not None and cached[0] == epoch:
+        return cached[1], cached[2]
+    states = await _svc(request).chat.rooms_for(user)
+    rooms_html = fragments.room_items_html([s for s in states if s.peer is None], room.id)
+    dms_html = fragments.room_items_html(
+        [s for s in states if s.peer is not None and (s.room.last_message_id or s.room.id == room.id)], room.id)
+    if len(renderer.sidebars) >= SIDEBAR_CACHE:
+        renderer.sidebars.clear()
+    renderer.sidebars[key] = (epoch, rooms_html, dms_html)
+    return rooms_html, dms_html
 
 
 def _peer(room: Room, user: User) -> str | None:

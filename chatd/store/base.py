@@ -64,10 +64,14 @@ class StoreBase:
         self._marks: OrderedDict[int, dict[int, int]] = OrderedDict()
         self._latest: dict[int, list[int]] = {}
         self._sessions: dict[bytes, tuple[User, str, float]] = {}
+        # Moves on every change to rooms, counts or read marks: what was computed from
+        # them at an earlier epoch may be stale, at the same epoch it is not.
+        self.epoch = 0
         self._sessions_version = -1
 
     def note_room(self, room: Room) -> None:
         """Record a new or changed room in the in-memory room table."""
+        self.epoch += 1
         self.rooms[room.id] = room
         if room.kind == "public":
             self._public = sorted((r for r in self.rooms.values() if r.kind == "public"),
@@ -75,6 +79,7 @@ class StoreBase:
 
     def _count_messages(self, messages: list[Message]) -> None:
         """Committed messages: room counts move on, and posting reads the room for its author."""
+        self.epoch += 1
         rooms = self.rooms
         for m in messages:
             room = rooms.get(m.room_id)
@@ -115,6 +120,7 @@ class StoreBase:
 
     def note_mark(self, user_id: int, room_id: int, seq: int, create: bool) -> None:
         """A read mark moved forward; `create` when a new row may have appeared."""
+        self.epoch += 1
         marks = self._marks.get(user_id)
         if marks is None:
             return
@@ -124,6 +130,7 @@ class StoreBase:
             marks[room_id] = seq
 
     def forget_mark(self, user_id: int, room_id: int) -> None:
+        self.epoch += 1
         marks = self._marks.get(user_id)
         if marks is not None:
             marks.pop(room_id, None)
