@@ -31,7 +31,7 @@ test-fast: install
 	$(BIN)/pytest -q -p no:cacheprovider -m "not browser"
 
 bench: $(BIN)/python
-	$(BIN)/pip install --quiet . ".[bench]" -r bench/requirements.txt
+	$(BIN)/pip install --quiet . -r bench/requirements.txt
 	$(BIN)/python bench/run.py
 
 lint: $(BIN)/python

@@ -179,28 +179,42 @@ class Hub:
     # -- delivery -----------------------------------------------------------
 
     def publish(self, envelopes: list[Envelope]) -> None:
-        """Deliver committed messages, in id order, to everyone who may read them."""
+        """Deliver committed messages, in id order, to everyone who may read them.
+
+        A batch of several messages goes to each socket as one write."""
+        if len(envelopes) == 1:
+            env = envelopes[0]
+            for conn in self.readers(env.room_id):
+                data = self._frame_for(env, conn)
+                if data is not None:
+                    if conn.held is not None:
+                        conn.held.append((env.message_id, data))
+                    else:
+                        self.write(conn, data, 1)
+            return
         outgoing: dict[Conn, list[bytes]] = {}
         for env in envelopes:
-            viewers = self.viewers.get(env.room_id, ())
             for conn in self.readers(env.room_id):
-                if conn.kind == "stream":
-                    data = env.frame("stream")
-                elif conn in viewers:
-                    uid = conn.user.id
-                    form = "mine" if uid == env.author_id else (
-                        "mention" if uid in env.mentioned else "other")
-                    data = env.frame(form)
-                elif conn.user.id != env.author_id:
-                    data = env.frame("unread-mention" if conn.user.id in env.mentioned else "unread")
-                else:
+                data = self._frame_for(env, conn)
+                if data is None:
                     continue
                 if conn.held is not None:
                     conn.held.append((env.message_id, data))
-                    continue
-                outgoing.setdefault(conn, []).append(data)
+                else:
+                    outgoing.setdefault(conn, []).append(data)
         for conn, frames in outgoing.items():
             self.write(conn, frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
+
+    def _frame_for(self, env: Envelope, conn: Conn) -> bytes | None:
+        """Which form of the message this socket gets, or None."""
+        if conn.kind == "stream":
+            return env.frame("stream")
+        uid = conn.user.id
+        if conn.room_id == env.room_id:
+            return env.frame("mine" if uid == env.author_id else "mention" if uid in env.mentioned else "other")
+        if uid == env.author_id:
+            return None  # one's own message in a room one is not looking at changes nothing
+        return env.frame("unread-mention" if uid in env.mentioned else "unread")
 
     def send_to(self, conns: Iterable[Conn], data: bytes) -> None:
         """Send one ready frame to each of these sockets (presence, typing, unread)."""
@@ -211,12 +225,13 @@ class Hub:
                 self.write(conn, data, 1)
 
     def write(self, conn: Conn, data: bytes, count: int) -> None:
-        if not conn.open:
+        transport = conn.transport
+        if conn.dropped or conn.ws.closed or transport.is_closing():
             return
-        if conn.transport.get_write_buffer_size() > self.limit:
+        if transport.get_write_buffer_size() > self.limit:
             self.drop(conn)
             return
-        conn.transport.write(data)
+        transport.write(data)
         self.metrics.deliveries += count
 
     def drop(self, conn: Conn) -> None:
