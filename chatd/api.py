@@ -110,10 +110,13 @@ async def get_messages(request: web.Request) -> web.Response:
 async def post_message(request: web.Request) -> web.Response:
     user = await api_user(request)
     data = await read_json(request)
-    message, created = await _svc(request).chat.post_message(
+    services = _svc(request)
+    message, created = await services.chat.post_message(
         user, request.match_info["slug"], data.get("body"), data.get("client_id")
     )
-    return web.json_response({"message": message.to_json()}, status=201 if created else 200)
+    # The same encoding the event stream sends: built once per message.
+    return web.Response(text=f'{{"message":{services.live.message_json(message)}}}',
+                        content_type="application/json", status=201 if created else 200)
 
 
 @routes.post("/api/v1/rooms/{slug}/read")

@@ -61,6 +61,7 @@ class StoreBase:
         # counts change, only through this server's writer (one server per database).
         self.rooms: dict[int, Room] = {}
         self._public: list[Room] = []
+        self._public_slugs: dict[str, int] = {}
         self._marks: OrderedDict[int, dict[int, int]] = OrderedDict()
         self._latest: dict[int, list[int]] = {}
         self._sessions: dict[bytes, tuple[User, str, float]] = {}
@@ -74,6 +75,7 @@ class StoreBase:
         self.epoch += 1
         self.rooms[room.id] = room
         if room.kind == "public":
+            self._public_slugs[room.slug] = room.id
             self._public = sorted((r for r in self.rooms.values() if r.kind == "public"),
                                   key=lambda r: r.name)
 

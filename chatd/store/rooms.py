@@ -41,6 +41,9 @@ class RoomsStore(StoreBase):
 
     async def room_for(self, user: User, slug: str) -> Room:
         """The room if this user may read it; otherwise NotFound, exactly as for no room."""
+        public = self._public_slugs.get(slug)
+        if public is not None:  # every account may read a public room: no query needed
+            return self.rooms[public]
 
         def op(conn: sqlite3.Connection) -> Room | None:
             return _room(
