@@ -112,7 +112,7 @@ def make_chat(aiohttp_client: Callable[..., Any], tmp_path: Path) -> Callable[..
     return make
 
 
-async def next_json(ws: ClientWebSocketResponse, kind: str | None = None, timeout: float = 10) -> dict:
+async def next_json(ws: ClientWebSocketResponse, kind: str | None = None, timeout: float = 30) -> dict:
     """The next JSON event (of this type, skipping others) from a socket."""
     while True:
         msg = await asyncio.wait_for(ws.receive(), timeout)

@@ -166,7 +166,7 @@ async def test_unread_never_leaks_closed_rooms_over_browser_socket(chat: Chat) -
         await post(chat, alice, "general", "public text")
         frames = []
         while True:
-            msg = await asyncio.wait_for(ws.receive(), 10)
+            msg = await asyncio.wait_for(ws.receive(), 30)
             assert msg.type == WSMsgType.TEXT
             frames.append(msg.data)
             if "public text" in msg.data:

@@ -529,7 +529,7 @@ async def test_a_frame_over_max_frame_bytes_closes_the_stream_with_1009(make_cha
     token = await chat.bearer("alice")
     ws = await chat.stream(token)
     await ws.send_str('{"type": "send", "room": "general", "body": "' + "x" * 3000 + '"}')
-    msg = await asyncio.wait_for(ws.receive(), 10)
+    msg = await asyncio.wait_for(ws.receive(), 30)
     assert msg.type == WSMsgType.CLOSE, msg
     assert ws.close_code == 1009
     # The server is fine and the user can reconnect (the slot was given back).
@@ -549,7 +549,7 @@ async def test_browser_socket_frame_over_the_limit_closes_with_1009(make_chat: A
         ws = await browser.ws_connect("/ws?room=general", headers={"Origin": origin(chat)})
         await ws.send_str('{"type": "send", "body": "' + "y" * 3000 + '"}')
         while True:
-            msg = await asyncio.wait_for(ws.receive(), 10)
+            msg = await asyncio.wait_for(ws.receive(), 30)
             if msg.type != WSMsgType.TEXT:
                 break
         assert msg.type == WSMsgType.CLOSE and ws.close_code == 1009
@@ -573,7 +573,7 @@ async def test_a_long_body_inside_a_small_enough_frame_gets_too_large(make_chat:
     assert ack["message"]["client_id"] == "fits" and len(ack["message"]["body"]) == 10_000
     # Over the frame limit: 1009.
     await ws.send_str("x" * 40_000)
-    msg = await asyncio.wait_for(ws.receive(), 10)
+    msg = await asyncio.wait_for(ws.receive(), 30)
     assert msg.type == WSMsgType.CLOSE and ws.close_code == 1009
 
 

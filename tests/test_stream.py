@@ -168,9 +168,9 @@ async def test_revoked_token_closes_stream(chat: Chat) -> None:
     bob = await chat.bearer("bob")
     ws = await chat.stream(bob)
     await chat.services.accounts.deactivate("bob")
-    msg = await asyncio.wait_for(ws.receive(), 10)
+    msg = await asyncio.wait_for(ws.receive(), 30)
     while msg.type == WSMsgType.TEXT:
-        msg = await asyncio.wait_for(ws.receive(), 10)
+        msg = await asyncio.wait_for(ws.receive(), 30)
     assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
     resp = await chat.client.get("/api/v1/me", headers=bob)
     assert resp.status == 401

@@ -18,7 +18,7 @@ def origin(chat: Chat) -> dict[str, str]:
 async def frames_until(ws, predicate, limit: int = 200) -> list[str]:
     seen = []
     for _ in range(limit):
-        msg = await asyncio.wait_for(ws.receive(), 10)
+        msg = await asyncio.wait_for(ws.receive(), 30)
         assert msg.type == WSMsgType.TEXT, msg
         seen.append(msg.data)
         if predicate(msg.data):
@@ -180,9 +180,9 @@ async def test_logout_ends_session_and_closes_sockets(chat: Chat) -> None:
         assert resp.status == 403
         resp = await alice.post("/logout", data={"csrf": csrf}, allow_redirects=False)
         assert resp.status == 303 and resp.headers["Location"] == "/login"
-        msg = await asyncio.wait_for(ws.receive(), 10)
+        msg = await asyncio.wait_for(ws.receive(), 30)
         while msg.type == WSMsgType.TEXT:
-            msg = await asyncio.wait_for(ws.receive(), 10)
+            msg = await asyncio.wait_for(ws.receive(), 30)
         assert msg.type == WSMsgType.CLOSE and msg.data == 1008
         assert (await alice.get("/r/general", allow_redirects=False)).status == 303
 
