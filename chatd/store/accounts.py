@@ -204,15 +204,28 @@ class AccountsStore(StoreBase):
         await self._writer.run(op)
 
     async def user_for_token(self, token_hash: bytes) -> User | None:
-        return self._read(
-            lambda c: _user(
-                c.execute(
+        """The token's user. Answers are kept while `auth_version` stands still: every change
+        that can revoke a token (deactivation, in this process or by the CLI) moves it."""
+
+        def op(conn: sqlite3.Connection) -> User | None:
+            version = conn.execute("SELECT value FROM meta WHERE key = 'auth_version'").fetchone()[0]
+            if version != self._tokens_version:
+                self._tokens.clear()
+                self._tokens_version = version
+            user = self._tokens.get(token_hash)
+            if user is None:
+                user = _user(conn.execute(
                     "SELECT u.id, u.username, u.admin, u.active FROM tokens t"
                     " JOIN users u ON u.id = t.user_id WHERE t.token_hash = ? AND u.active = 1",
                     (token_hash,),
-                ).fetchone()
-            )
-        )
+                ).fetchone())
+                if user is not None:
+                    if len(self._tokens) >= SESSION_CACHE:
+                        self._tokens.clear()
+                    self._tokens[token_hash] = user
+            return user
+
+        return self._read(op)
 
     async def auth_version(self) -> int:
         return self._read(

@@ -69,6 +69,8 @@ class StoreBase:
         # them at an earlier epoch may be stale, at the same epoch it is not.
         self.epoch = 0
         self._sessions_version = -1
+        self._tokens: dict[bytes, User] = {}
+        self._tokens_version: str | None = None
 
     def note_room(self, room: Room) -> None:
         """Record a new or changed room in the in-memory room table."""
