@@ -151,8 +151,8 @@ async def test_in_memory_room_table_and_read_marks_agree_with_the_database(chat:
     for user in users:
         for state in await store.rooms_for(user):
             assert state.unread == await store.unread(user, state.room), (user.username, state.room.slug)
-            fresh = store.rooms[state.room.id]
-            assert (fresh.message_count, fresh.last_message_id) == (state.room.message_count, state.room.last_message_id)
+            fresh, shown = store.rooms[state.room.id], state.room
+            assert (fresh.message_count, fresh.last_message_id) == (shown.message_count, shown.last_message_id)
     # A cold start (empty caches, everything read from the file) agrees too.
     cold = Store(store.path)
     await cold.open()
