@@ -116,6 +116,7 @@ class Hub:
         self.conns: set[Conn] = set()
         self.by_user: dict[int, set[Conn]] = {}
         self.viewers: dict[int, set[Conn]] = {}
+        self.streams: set[Conn] = set()
         # Private rooms and DMs: room id -> member user ids. Absent means public.
         self.closed_rooms: dict[int, set[int]] = {}
         self.usernames: dict[int, str] = {}
@@ -135,6 +136,12 @@ class Hub:
             return self.conns
         return [c for uid in members for c in self.by_user.get(uid, ())]
 
+    def watchers(self, room_id: int) -> list[Conn]:
+        """Sockets that follow a room's live activity: its tabs, and streams that may read it."""
+        streams = self.streams if room_id not in self.closed_rooms else (
+            c for c in self.readers(room_id) if c.kind == "stream")
+        return [*self.viewers.get(room_id, ()), *streams]
+
     # -- connections --------------------------------------------------------
 
     def add(self, conn: Conn) -> bool:
@@ -145,6 +152,8 @@ class Hub:
         mine.add(conn)
         if conn.room_id is not None:
             self.viewers.setdefault(conn.room_id, set()).add(conn)
+        if conn.kind == "stream":
+            self.streams.add(conn)
         return len(mine) == 1
 
     def remove(self, conn: Conn) -> bool:
@@ -152,6 +161,7 @@ class Hub:
         if conn not in self.conns:
             return False
         self.conns.discard(conn)
+        self.streams.discard(conn)
         if conn.room_id is not None:
             viewers = self.viewers.get(conn.room_id)
             if viewers is not None:

@@ -221,7 +221,7 @@ async def _room_page(request: web.Request, user: User, credential: Any, room: Ro
         "more": len(messages) == page, "title": _title(room, user),
         "rooms_html": rooms_html, "dms_html": dms_html,
         # The viewer's own socket is about to open: list them already.
-        "online": sorted(set(services.live.online_in(room)) | {user.username}), "peer": _peer(room, user),
+        "online": sorted(set(services.live.online_in(room.id)) | {user.username}), "peer": _peer(room, user),
         "last_id": messages[-1].id if messages else 0,
     }
     return aiohttp_jinja2.render_template("room.html", request, ctx)

@@ -552,7 +552,9 @@ async def test_browser_socket_frame_over_the_limit_closes_with_1009(make_chat: A
             msg = await asyncio.wait_for(ws.receive(), 30)
             if msg.type != WSMsgType.TEXT:
                 break
-        assert msg.type == WSMsgType.CLOSE and ws.close_code == 1009
+        # The server's close frame carries 1009; the client's own close_code can read 1006
+        # when the server drops the transport before the client's reply is written.
+        assert msg.type == WSMsgType.CLOSE and msg.data == 1009
 
 
 async def test_a_long_body_inside_a_small_enough_frame_gets_too_large(make_chat: Any) -> None:

@@ -42,7 +42,7 @@ class Chat:
         title = rules.check_room_name(name, slug)
         room = await self.store.create_room(slug, title, "private" if private else "public", user)
         if private:
-            self.live.room_members_changed(room, [user.id])
+            self.live.member_added(room, user.id)
         log.info("event=room_created room=%s kind=%s by=%s", slug, room.kind, user.username)
         return room
 
@@ -53,7 +53,8 @@ class Chat:
         if other is None:
             raise NotFound(f"no user named {name or username!r}")
         room = await self.store.open_dm(rules.dm_slug(user.username, other.username), user, other)
-        self.live.room_members_changed(room, {user.id, other.id})
+        self.live.member_added(room, user.id)
+        self.live.member_added(room, other.id)
         return room
 
     async def add_member(self, actor: User, slug: object, username: object) -> Room:
@@ -64,7 +65,7 @@ class Chat:
         if user is None:
             raise NotFound(f"no user named {name}")
         await self.store.add_member(room, user)
-        await self._sync_members(room)
+        self.live.member_added(room, user.id)
         log.info("event=member_added room=%s user=%s by=%s", room.slug, name, actor.username)
         return room
 
@@ -77,7 +78,7 @@ class Chat:
         user = await self.store.user_by_name(name)
         if user is None or not await self.store.remove_member(room, user):
             raise NotFound(f"{name} is not a member of {room.slug}")
-        await self._sync_members(room)
+        self.live.member_removed(room, user.id)
         log.info("event=member_removed room=%s user=%s by=%s", room.slug, name, actor.username)
         return room
 
@@ -96,13 +97,6 @@ class Chat:
         if room.kind != "private":
             raise BadInput("only private rooms have members; public rooms are open to everyone")
         return room
-
-    async def _sync_members(self, room: Room) -> None:
-        names = await self.store.members(room)
-        await self.live.refresh_users()
-        self.live.room_members_changed(
-            room, [self.live.user_ids[n] for n in names if n in self.live.user_ids]
-        )
 
     # -- messages ---------------------------------------------------------------
 

@@ -11,7 +11,6 @@ import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Iterable
 from typing import Protocol
 
 from chatd.config import Config
@@ -50,7 +49,6 @@ class Live:
         self.store = store
         self.hub = hub
         self.renderer = renderer
-        self.rooms: dict[int, Room] = {}
         self.user_ids: dict[str, int] = {}
         self._presence: dict[int, bool] = {}
         self._presence_handle: asyncio.TimerHandle | None = None
@@ -62,7 +60,6 @@ class Live:
     async def load(self) -> None:
         for room, members in await self.store.closed_rooms():
             self.hub.set_members(room.id, members)
-            self.rooms[room.id] = room
         await self.refresh_users()
 
     async def refresh_users(self) -> None:
@@ -72,9 +69,12 @@ class Live:
     def is_user(self, name: str) -> bool:
         return name in self.user_ids
 
-    def room_members_changed(self, room: Room, members: Iterable[int]) -> None:
-        self.rooms[room.id] = room
-        self.hub.set_members(room.id, members)
+    def member_added(self, room: Room, user_id: int) -> None:
+        """Route the room's live messages to this user too (private rooms and DMs)."""
+        self.hub.closed_rooms.setdefault(room.id, set()).add(user_id)
+
+    def member_removed(self, room: Room, user_id: int) -> None:
+        self.hub.closed_rooms.setdefault(room.id, set()).discard(user_id)
 
     # -- messages ---------------------------------------------------------------
 
@@ -105,10 +105,9 @@ class Live:
         if form == "stream":
             return f'{{"type":"message","message":{self.message_json(message)}}}'.encode()
         if form.startswith("unread"):
-            room = self.rooms.get(message.room_id)
-            kind = room.kind if room else "public"
+            room = self.store.rooms.get(message.room_id)
             return dumps({
-                "unread": message.room, "kind": kind,
+                "unread": message.room, "kind": room.kind if room else "public",
                 "name": room.name if room else message.room, "from": message.author,
                 "id": message.id, "mention": form == "unread-mention",
                 "text": message.body[:NOTIFY_SNIPPET],
@@ -128,8 +127,9 @@ class Live:
         conn.held = [] if since is not None else None
         if self.hub.add(conn):
             self._presence_changed(conn.user.id, True)
-        else:
-            self._schedule_presence()
+        if conn.room_id is not None:
+            # Whatever changed between rendering the page and this socket opening.
+            self.hub.send_to([conn], self._online_frame(conn.room_id))
         log.info("event=connect user=%s kind=%s ip=%s", conn.user.username, conn.kind, conn.ip)
         if since is None:
             return
@@ -148,8 +148,6 @@ class Live:
     def detach(self, conn: Conn) -> None:
         if self.hub.remove(conn):
             self._presence_changed(conn.user.id, False)
-        else:
-            self._schedule_presence()
         log.info("event=disconnect user=%s kind=%s ip=%s", conn.user.username, conn.kind, conn.ip)
 
     def send(self, conn: Conn, data: object) -> None:
@@ -174,28 +172,35 @@ class Live:
         """Coalesced presence: stream events for changes, a fresh online list for tabs."""
         self._presence_handle = None
         changes, self._presence = self._presence, {}
+        if not changes:
+            return
         names = self.hub.usernames
         frames = {
             uid: event_frame({"type": "presence", "user": names.get(uid, ""), "online": online})
             for uid, online in changes.items()
         }
-        online_ids = self.hub.online_ids()
+        everything = b"".join(frames.values())  # encoded once; only a changed user's own sockets differ
         by_room: dict[int, list[Conn]] = {}
         for conn in list(self.hub.conns):
             if conn.kind == "stream":
-                mine = [f for uid, f in frames.items() if uid != conn.user.id]
-                if mine:
-                    self.hub.write(conn, b"".join(mine), len(mine))
+                if conn.user.id in frames:
+                    mine = [f for uid, f in frames.items() if uid != conn.user.id]
+                    if mine:
+                        self.hub.write(conn, b"".join(mine), len(mine))
+                else:
+                    self.hub.write(conn, everything, len(frames))
             elif conn.room_id is not None:
                 by_room.setdefault(conn.room_id, []).append(conn)
         for room_id, conns in by_room.items():
-            readers = sorted(names[uid] for uid in online_ids if self.hub.may_read(uid, room_id))
-            self.hub.send_to(conns, text_frame(self.renderer.online_fragment(readers).encode()))
+            self.hub.send_to(conns, self._online_frame(room_id))
 
-    def online_in(self, room: Room) -> list[str]:
+    def _online_frame(self, room_id: int) -> bytes:
+        return text_frame(self.renderer.online_fragment(self.online_in(room_id)).encode())
+
+    def online_in(self, room_id: int) -> list[str]:
+        """Who is online among those who may read the room."""
         return sorted(
-            self.hub.usernames[uid] for uid in self.hub.online_ids()
-            if self.hub.may_read(uid, room.id)
+            self.hub.usernames[uid] for uid in self.hub.online_ids() if self.hub.may_read(uid, room_id)
         )
 
     # -- typing and read state --------------------------------------------------------
@@ -210,14 +215,9 @@ class Live:
             self._typing_seen.clear()
         stream = event_frame({"type": "typing", "room": room.slug, "user": user.username})
         tab = event_frame({"typing": user.username, "room": room.slug})
-        viewers = self.hub.viewers.get(room.id, set())
-        for conn in list(self.hub.readers(room.id)):
-            if conn.user.id == user.id:
-                continue
-            if conn.kind == "stream":
-                self.hub.send_to([conn], stream)
-            elif conn in viewers:
-                self.hub.send_to([conn], tab)
+        for conn in self.hub.watchers(room.id):
+            if conn.user.id != user.id:
+                self.hub.send_to([conn], stream if conn.kind == "stream" else tab)
 
     def read_changed(self, user: User, room: Room, unread: int) -> None:
         """Every tab of this user learns the room's new unread count."""
