@@ -42,10 +42,6 @@ class Room(NamedTuple):
     last_message_id: int = 0
     message_count: int = 0
 
-    @property
-    def is_public(self) -> bool:
-        return self.kind == "public"
-
     def to_json(self, unread: int = 0) -> dict[str, Any]:
         return {"slug": self.slug, "name": self.name, "kind": self.kind, "unread": unread}
 

@@ -99,11 +99,6 @@ class AccountsStore(StoreBase):
             lambda c: [_user(r) for r in c.execute(f"{_USER} ORDER BY username").fetchall()]
         )
 
-    async def active_usernames(self) -> set[str]:
-        return self._read(
-            lambda c: {r[0] for r in c.execute("SELECT username FROM users WHERE active = 1")}
-        )
-
     async def set_password(self, username: str, password_hash: str) -> None:
         """Set a password and end every session of that user."""
 

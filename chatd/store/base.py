@@ -60,7 +60,7 @@ class StoreBase:
         # Every room, kept current by this process: rooms are created, and their
         # counts change, only through this server's writer (one server per database).
         self.rooms: dict[int, Room] = {}
-        self._public: list[Room] = []
+        self._public: list[int] = []  # public room ids, by name
         self._public_slugs: dict[str, int] = {}
         self._marks: OrderedDict[int, dict[int, int]] = OrderedDict()
         self._latest: dict[int, list[int]] = {}
@@ -78,8 +78,7 @@ class StoreBase:
         self.rooms[room.id] = room
         if room.kind == "public":
             self._public_slugs[room.slug] = room.id
-            self._public = sorted((r for r in self.rooms.values() if r.kind == "public"),
-                                  key=lambda r: r.name)
+            self._public = sorted(self._public_slugs.values(), key=lambda i: self.rooms[i].name)
 
     def _count_messages(self, messages: list[Message]) -> None:
         """Committed messages: room counts move on, and posting reads the room for its author."""
@@ -96,7 +95,6 @@ class StoreBase:
                 latest.append(m.id)
                 if len(latest) > 2 * LATEST_KEPT:
                     del latest[:-LATEST_KEPT]
-        self._public = [rooms[r.id] for r in self._public]
 
     def latest_ids(self, conn: sqlite3.Connection, room_id: int) -> list[int]:
         """The room's newest message ids, oldest first (at least LATEST_KEPT when it has them)."""

@@ -72,7 +72,7 @@ class RoomsStore(StoreBase):
         def op(conn: sqlite3.Connection) -> list[RoomState]:
             marks = self.user_marks(conn, user.id)
             rooms, get, make = self.rooms, marks.get, RoomState._make
-            states = [make((r, max(0, r.message_count - get(r.id, 0)), None)) for r in self._public]
+            states = [make((rooms[i], max(0, rooms[i].message_count - get(i, 0)), None)) for i in self._public]
             closed = sorted((rooms[rid] for rid in marks if rid in rooms and rooms[rid].kind != "public"),
                             key=lambda r: r.name)
             for r in closed:
@@ -83,7 +83,9 @@ class RoomsStore(StoreBase):
         return self._read(op)
 
     async def unread(self, user: User, room: Room) -> int:
-        return self._read(_unread, room.id, user.id)
+        """Messages after this user's read mark, from the room table and the mirrored marks."""
+        marks = self._read(self.user_marks, user.id)
+        return max(0, self.rooms[room.id].message_count - marks.get(room.id, 0))
 
     async def open_dm(self, slug: str, first: User, second: User) -> Room:
         """The one DM room of this pair, created on first use."""
@@ -194,7 +196,7 @@ class RoomsStore(StoreBase):
     async def mark_read(self, user: User, room: Room, message_id: int) -> int:
         """Move this user's read mark forward (never back); return the room's unread count."""
 
-        def op(conn: sqlite3.Connection) -> tuple[int, int]:
+        def op(conn: sqlite3.Connection) -> int:
             with transaction(conn):
                 row = conn.execute(
                     "SELECT id, seq FROM messages WHERE room_id = ? AND id <= ? ORDER BY id DESC LIMIT 1",
@@ -202,11 +204,11 @@ class RoomsStore(StoreBase):
                 ).fetchone()
                 if row is not None:
                     advance_read_mark(conn, room, user.id, row[0], row[1])
-                return (row[1] if row else 0), _unread(conn, room.id, user.id)
+                return row[1] if row else 0
 
-        seq, unread = await self._writer.run(op)
+        seq = await self._writer.run(op)
         self.note_mark(user.id, room.id, seq, create=room.kind == "public")
-        return unread
+        return await self.unread(user, room)
 
     # -- messages -----------------------------------------------------------
 
@@ -246,20 +248,7 @@ class RoomsStore(StoreBase):
 
         return await self._reader.run(op)
 
-    async def latest_message_id(self) -> int:
-        return self._read(
-            lambda c: c.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
-        )
 
-
-def _unread(conn: sqlite3.Connection, room_id: int, user_id: int) -> int:
-    """Messages after this user's read mark: O(1) from the room's count and the mark's seq."""
-    row = conn.execute(
-        "SELECT max(0, r.message_count - coalesce(m.last_read_seq, 0)) FROM rooms r"
-        " LEFT JOIN memberships m ON m.room_id = r.id AND m.user_id = ? WHERE r.id = ?",
-        (user_id, room_id),
-    ).fetchone()
-    return row[0] if row else 0
 
 
 def _dm_peer(room: Room, user: User) -> str:
