@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from chatd import rules
-from chatd.auth import api_user, client_ip, identify, origin_ok, read_json
-from chatd.errors import BadInput, ChatdError, Forbidden, RateLimited, Unauthorized
+from chatd.auth import api_user, identify, origin_ok, read_json
+from chatd.errors import BadInput, Forbidden, Unauthorized
 from chatd.hub import Conn
 from chatd.models import User
 from chatd.services import Services, parse_int
-from chatd.state import CONFIG, SERVICES
+from chatd.sockets import open_socket, run_socket
+from chatd.state import SERVICES
 
 log = logging.getLogger("chatd.api")
 routes = web.RouteTableDef()
-MAX_IN_FLIGHT = 64
 
 
 def _svc(request: web.Request) -> Services:
@@ -134,7 +131,6 @@ async def mark_read(request: web.Request) -> web.Response:
 async def stream(request: web.Request) -> web.StreamResponse:
     """JSON events for every room the user may read; `since` replays without gap or duplicate."""
     services = _svc(request)
-    config = request.app[CONFIG]
     found = await identify(request)
     if found is None:
         raise Unauthorized("missing or invalid credentials")
@@ -142,83 +138,26 @@ async def stream(request: web.Request) -> web.StreamResponse:
     if not origin_ok(request, required=False):
         raise Forbidden("cross-site WebSocket refused")
     since = parse_int(request.query.get("since"), "since", default=None, low=0)
-    if services.hub.count_for(user.id) >= config.connections_per_user:
-        raise RateLimited("too many open connections for this user", 5)
-    ws = web.WebSocketResponse(
-        heartbeat=30, compress=False, max_msg_size=config.max_frame_bytes, autoping=True
-    )
-    await ws.prepare(request)
-    conn = Conn(user, "stream", ws, request.transport, credential, ip=client_ip(request))  # type: ignore[arg-type]
-    tasks: set[asyncio.Task[None]] = set()
-    try:
-        await services.live.attach(conn, since)
-        async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
-                try:
-                    _dispatch(services, conn, msg.data, tasks)
-                except Exception:  # a bug must not kill the socket or reach the client as a 500
-                    log.exception("event=frame_failed user=%s", user.username)
-                    services.live.send(conn, _error("internal", "the server could not handle that frame", None))
-            elif msg.type == WSMsgType.BINARY:
-                services.live.send(conn, _error("bad_request", "frames must be JSON text", None))
-    finally:
-        services.live.detach(conn)
-        for task in tasks:
-            task.cancel()
-    return ws
+    conn = await open_socket(request, user, credential, "stream")
+    return await run_socket(services, conn, since, None, lambda frame: _frame(services, conn, frame), _error)
 
 
-def _error(code: str, message: str, client_id: object) -> dict[str, Any]:
-    cid = client_id if isinstance(client_id, str) and rules.CLIENT_ID_RE.fullmatch(client_id) else None
-    return {"type": "error", "code": code, "message": message, "client_id": cid}
+def _error(code: str, message: str, client_id: str | None) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message, "client_id": client_id}
 
 
-def _dispatch(services: Services, conn: Conn, raw: str, tasks: set[asyncio.Task[None]]) -> None:
-    """Handle one client frame; every mistake is answered with an error event."""
-    try:
-        frame = json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
-        services.live.send(conn, _error("bad_request", "frames must be JSON", None))
-        return
-    if not isinstance(frame, dict):
-        services.live.send(conn, _error("bad_request", "frames must be JSON objects", None))
-        return
+async def _frame(services: Services, conn: Conn, frame: dict[str, Any]) -> None:
+    """One client frame of the stream: send or typing."""
     kind = frame.get("type")
     if kind == "send":
-        if len(tasks) >= MAX_IN_FLIGHT:
-            services.live.send(conn, _error("rate_limited", "too many sends in flight",
-                                            frame.get("client_id")))
-            return
-        task = asyncio.create_task(_send(services, conn, frame))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    elif kind == "typing":
-        task = asyncio.create_task(_typing(services, conn, frame))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    else:
-        services.live.send(conn, _error("bad_request", "unknown frame type", frame.get("client_id")))
-
-
-async def _send(services: Services, conn: Conn, frame: dict[str, Any]) -> None:
-    client_id = frame.get("client_id")
-    try:
         if not isinstance(frame.get("room"), str):
             raise BadInput("room is required")
         if "body" not in frame:
             raise BadInput("body is required")
         message, created = await services.chat.post_message(
-            conn.user, frame["room"], frame["body"], client_id
-        )
-        if not created:  # a retry: the first copy was already published
-            services.hub.send_to([conn], services.live.message_frame(message, conn))
-    except ChatdError as exc:
-        services.live.send(conn, _error(exc.code, exc.message, client_id))
-
-
-async def _typing(services: Services, conn: Conn, frame: dict[str, Any]) -> None:
-    try:
-        room = await services.chat.room_for(conn.user, frame.get("room"))
-        services.chat.typing(conn.user, room)
-    except ChatdError as exc:
-        services.live.send(conn, _error(exc.code, exc.message, frame.get("client_id")))
+            conn.user, frame["room"], frame["body"], frame.get("client_id"))
+        services.live.acknowledge_retry(conn, message, created)
+    elif kind == "typing":
+        services.chat.typing(conn.user, await services.chat.room_for(conn.user, frame.get("room")))
+    else:
+        raise BadInput("unknown frame type")

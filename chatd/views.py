@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 from collections import OrderedDict
 from typing import Any
@@ -11,10 +9,10 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp_jinja2
 import jinja2
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from markupsafe import Markup
 
-from chatd import fragments, rules
+from chatd import fragments
 from chatd.auth import (
     FORM_COOKIE,
     check_form_token,
@@ -34,6 +32,7 @@ from chatd.hub import Conn
 from chatd.metrics import render_metrics
 from chatd.models import Message, Room, User
 from chatd.services import Services, parse_int
+from chatd.sockets import open_socket, run_socket
 from chatd.state import CONFIG, RENDERER, SERVICES, STORE
 
 log = logging.getLogger("chatd.views")
@@ -388,7 +387,6 @@ async def metrics(request: web.Request) -> web.Response:
 async def browser_socket(request: web.Request) -> web.StreamResponse:
     """One per tab: HTML fragments out, htmx form values in."""
     services = _svc(request)
-    config = request.app[CONFIG]
     found = await identify(request)
     if found is None or found[1].kind != "session":
         raise Unauthorized("sign in first")
@@ -397,58 +395,30 @@ async def browser_socket(request: web.Request) -> web.StreamResponse:
         raise Forbidden("cross-site WebSocket refused")
     room = await services.chat.room_for(user, request.query.get("room"))
     since = parse_int(request.query.get("since"), "since", default=None, low=0)
-    if services.hub.count_for(user.id) >= config.connections_per_user:
-        raise RateLimited("too many open connections for this user", 5)
-    ws = web.WebSocketResponse(heartbeat=30, compress=False, max_msg_size=config.max_frame_bytes)
-    await ws.prepare(request)
-    conn = Conn(user, "browser", ws, request.transport, credential,  # type: ignore[arg-type]
-                room_id=room.id, ip=client_ip(request))
-    tasks: set[asyncio.Task[None]] = set()
-    try:
-        await services.live.attach(conn, since, room)
+    conn = await open_socket(request, user, credential, "browser", room)
+
+    async def greet() -> None:  # unread counts may have moved while the tab was away
         states = await services.chat.rooms_for(user)
         services.live.send(conn, {"unread_all": {s.room.slug: s.unread for s in states}})
-        async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
-                task = asyncio.create_task(_tab_frame(services, conn, room, msg.data))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            elif msg.type == WSMsgType.BINARY:
-                services.live.send(conn, {"error": "frames must be JSON text", "client_id": None})
-    finally:
-        services.live.detach(conn)
-        for task in tasks:
-            task.cancel()
-    return ws
+
+    return await run_socket(services, conn, since, room, lambda frame: _tab_frame(services, conn, room, frame),
+                            _tab_error, greet)
 
 
-async def _tab_frame(services: Services, conn: Conn, room: Room, raw: str) -> None:
-    """A frame from htmx: the composer (send), typing, or a read mark."""
-    frame: Any = None
-    try:
-        frame = json.loads(raw)
-        if not isinstance(frame, dict):
-            raise BadInput("frames must be JSON objects")
-        kind = frame.get("type", "send")
-        if kind == "send":
-            message, created = await services.chat.post_in(
-                conn.user, room, frame.get("body"), frame.get("client_id")
-            )
-            if not created:
-                services.hub.send_to([conn], services.live.message_frame(message, conn))
-        elif kind == "typing":
-            services.chat.typing(conn.user, room)
-        elif kind == "read":
-            await services.chat.mark_read_in(conn.user, room, frame.get("message_id"))
-        else:
-            raise BadInput("unknown frame type")
-    except (ValueError, RecursionError):
-        services.live.send(conn, {"error": "frames must be JSON", "client_id": None})
-    except ChatdError as exc:
-        cid = frame.get("client_id") if isinstance(frame, dict) else None
-        cid = cid if isinstance(cid, str) and rules.CLIENT_ID_RE.fullmatch(cid) else None
-        services.live.send(conn, {"error": exc.message, "code": exc.code, "client_id": cid})
-    except Exception:  # a bug must not leave the tab without an answer
-        log.exception("event=frame_failed user=%s", conn.user.username)
-        services.live.send(conn, {"error": "the server could not handle that", "client_id": None})
+def _tab_error(code: str, message: str, client_id: str | None) -> dict[str, Any]:
+    return {"error": message, "code": code, "client_id": client_id}
+
+
+async def _tab_frame(services: Services, conn: Conn, room: Room, frame: dict[str, Any]) -> None:
+    """A frame from htmx: the composer (send, the default), typing, or a read mark."""
+    kind = frame.get("type", "send")
+    if kind == "send":
+        message, created = await services.chat.post_in(conn.user, room, frame.get("body"), frame.get("client_id"))
+        services.live.acknowledge_retry(conn, message, created)
+    elif kind == "typing":
+        services.chat.typing(conn.user, room)
+    elif kind == "read":
+        await services.chat.mark_read_in(conn.user, room, frame.get("message_id"))
+    else:
+        raise BadInput("unknown frame type")
 

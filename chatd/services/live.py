@@ -150,6 +150,11 @@ class Live:
             self._presence_changed(conn.user.id, False)
         log.info("event=disconnect user=%s kind=%s ip=%s", conn.user.username, conn.kind, conn.ip)
 
+    def acknowledge_retry(self, conn: Conn, message: Message, created: bool) -> None:
+        """A retried send was published the first time: answer this socket alone, again."""
+        if not created:
+            self.hub.send_to([conn], self.message_frame(message, conn))
+
     def send(self, conn: Conn, data: object) -> None:
         self.hub.send_to([conn], event_frame(data))
 

@@ -1,0 +1,100 @@
+"""The life of a WebSocket, shared by the event stream and browser tabs.
+
+Upgrade under the per-user limit, attach (with `since` replay), then read frames
+until the socket closes: each text frame becomes a task, and any mistake in it is
+answered on the socket in the caller's error shape. Detach happens whatever ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from aiohttp import WSMsgType, web
+
+from chatd import rules
+from chatd.auth import client_ip
+from chatd.errors import BadInput, ChatdError, RateLimited
+from chatd.hub import Conn
+from chatd.models import Credential, Room, User
+from chatd.services import Services
+from chatd.state import CONFIG, SERVICES
+
+log = logging.getLogger("chatd.sockets")
+MAX_IN_FLIGHT = 64
+
+Handler = Callable[[dict[str, Any]], Awaitable[None]]
+# (code, message, client_id to echo) -> the frame that tells the client
+ErrorShape = Callable[[str, str, "str | None"], dict[str, Any]]
+
+
+def echoed_id(frame: object) -> str | None:
+    """The frame's client_id if it is one we may send back, else None."""
+    cid = frame.get("client_id") if isinstance(frame, dict) else None
+    return cid if isinstance(cid, str) and rules.CLIENT_ID_RE.fullmatch(cid) else None
+
+
+def parse_frame(raw: str) -> dict[str, Any]:
+    try:
+        frame = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
+        raise BadInput("frames must be JSON") from None
+    if not isinstance(frame, dict):
+        raise BadInput("frames must be JSON objects")
+    return frame
+
+
+async def open_socket(
+    request: web.Request, user: User, credential: Credential, kind: Literal["stream", "browser"],
+    room: Room | None = None,
+) -> Conn:
+    """Upgrade the request, unless the user already has as many sockets as allowed (429)."""
+    config, services = request.app[CONFIG], request.app[SERVICES]
+    if services.hub.count_for(user.id) >= config.connections_per_user:
+        raise RateLimited("too many open connections for this user", 5)
+    ws = web.WebSocketResponse(heartbeat=30, compress=False, max_msg_size=config.max_frame_bytes)
+    await ws.prepare(request)
+    return Conn(user, kind, ws, request.transport, credential,  # type: ignore[arg-type]
+                room_id=room.id if room else None, ip=client_ip(request))
+
+
+async def run_socket(
+    services: Services, conn: Conn, since: int | None, room: Room | None, handle: Handler,
+    error: ErrorShape, greet: Callable[[], Awaitable[None]] | None = None,
+) -> web.WebSocketResponse:
+    """Attach, optionally greet, then hand every frame to `handle` until the socket closes."""
+    tasks: set[asyncio.Task[None]] = set()
+    try:
+        await services.live.attach(conn, since, room)
+        if greet is not None:
+            await greet()
+        async for msg in conn.ws:
+            if msg.type == WSMsgType.BINARY:
+                services.live.send(conn, error("bad_request", "frames must be JSON text", None))
+            elif msg.type == WSMsgType.TEXT:
+                if len(tasks) >= MAX_IN_FLIGHT:
+                    services.live.send(conn, error("rate_limited", "too many frames in flight", None))
+                    continue
+                task = asyncio.create_task(_answer(services, conn, msg.data, handle, error))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+    finally:
+        services.live.detach(conn)
+        for task in tasks:
+            task.cancel()
+    return conn.ws
+
+
+async def _answer(services: Services, conn: Conn, raw: str, handle: Handler, error: ErrorShape) -> None:
+    frame: Any = None
+    try:
+        frame = parse_frame(raw)
+        await handle(frame)
+    except ChatdError as exc:
+        services.live.send(conn, error(exc.code, exc.message, echoed_id(frame)))
+    except Exception:  # a bug must not leave the client without an answer, nor reach it
+        log.exception("event=frame_failed user=%s", conn.user.username)
+        services.live.send(conn, error("internal", "the server could not handle that frame", None))
