@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import os
 import re
 import shutil
@@ -121,6 +123,27 @@ async def next_json(ws: ClientWebSocketResponse, kind: str | None = None, timeou
         data = msg.json() if msg.data.startswith("{") else {"html": msg.data}
         if kind is None or data.get("type") == kind:
             return data
+
+
+async def end_of(ws: ClientWebSocketResponse, timeout: float = 30) -> Any:
+    """Skip the text frames still in flight; return the message that ends the socket."""
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), timeout)
+        if msg.type.name != "TEXT":
+            return msg
+
+
+@pytest.fixture
+def no_server_tracebacks(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """A client's mistake must never make the server log an error or a traceback.
+
+    Modules of hostile-input tests use it for every test (`pytestmark`)."""
+    caplog.set_level(logging.WARNING)
+    yield
+    gc.collect()  # "Task exception was never retrieved" is logged when the task is collected
+    bad = [r for r in caplog.get_records("call") + caplog.get_records("teardown")
+           if r.levelno >= logging.ERROR or r.exc_info]
+    assert not bad, "server logged errors: " + "; ".join(f"{r.name}: {r.getMessage()[:300]}" for r in bad[:5])
 
 
 # -- the real command as a subprocess ------------------------------------------------------

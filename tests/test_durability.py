@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import ClientSession, WSMsgType
 
-from conftest import PASSWORD, Chat, Server, next_json, run_cli
+from conftest import PASSWORD, Chat, Server, end_of, next_json, run_cli
 
 FLOOD_ENV = {"CHATD_MESSAGES_PER_SECOND": "100000", "CHATD_MESSAGE_BURST": "100000"}
 
@@ -76,9 +76,7 @@ async def test_sigterm_closes_sockets_with_1012_and_exits_0(tmp_path: Path, serv
         loop = asyncio.get_running_loop()
         exit_code = loop.run_in_executor(None, server.terminate, 10)
         for ws in streams:
-            msg = await asyncio.wait_for(ws.receive(), 15)
-            while msg.type == WSMsgType.TEXT:
-                msg = await asyncio.wait_for(ws.receive(), 15)
+            msg = await end_of(ws, 15)
             assert msg.type == WSMsgType.CLOSE and msg.data == 1012, (msg.type, msg.data)
         assert await exit_code == 0
         acked = []

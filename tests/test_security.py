@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
-import logging
 import re
 import sqlite3
 from html.parser import HTMLParser
@@ -24,7 +22,7 @@ from aiohttp import ClientSession, CookieJar, WSMsgType, WSServerHandshakeError
 from yarl import URL
 
 from chatd.state import CONFIG, SETUP_TOKEN
-from conftest import PASSWORD, Chat, csrf_of, next_json
+from conftest import PASSWORD, Chat, csrf_of, end_of, next_json
 
 EVIL = "http://evil.example"
 SESSION_COOKIE = "chatd_session"
@@ -33,16 +31,7 @@ SESSION_COOKIE = "chatd_session"
 # -- helpers --------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def no_server_tracebacks(caplog: pytest.LogCaptureFixture):
-    """A client's mistake must never make the server log an error or a traceback."""
-    caplog.set_level(logging.WARNING)
-    yield
-    gc.collect()  # "Task exception was never retrieved" is logged when the task is collected
-    bad = [r for r in caplog.get_records("call") + caplog.get_records("teardown")
-           if r.levelno >= logging.ERROR or r.exc_info]
-    assert not bad, "server logged errors: " + "; ".join(
-        f"{r.name}: {r.getMessage()[:200]}" for r in bad)
+pytestmark = pytest.mark.usefixtures("no_server_tracebacks")
 
 
 def origin(chat: Chat) -> str:
@@ -529,9 +518,8 @@ async def test_a_frame_over_max_frame_bytes_closes_the_stream_with_1009(make_cha
     token = await chat.bearer("alice")
     ws = await chat.stream(token)
     await ws.send_str('{"type": "send", "room": "general", "body": "' + "x" * 3000 + '"}')
-    msg = await asyncio.wait_for(ws.receive(), 30)
-    assert msg.type == WSMsgType.CLOSE, msg
-    assert ws.close_code == 1009
+    msg = await end_of(ws)
+    assert msg.type == WSMsgType.CLOSE and msg.data == 1009, msg
     # The server is fine and the user can reconnect (the slot was given back).
     stored = await chat.client.get("/api/v1/rooms/general/messages", headers=token)
     assert (await stored.json())["messages"] == []
@@ -548,10 +536,7 @@ async def test_browser_socket_frame_over_the_limit_closes_with_1009(make_chat: A
     async with browser:
         ws = await browser.ws_connect("/ws?room=general", headers={"Origin": origin(chat)})
         await ws.send_str('{"type": "send", "body": "' + "y" * 3000 + '"}')
-        while True:
-            msg = await asyncio.wait_for(ws.receive(), 30)
-            if msg.type != WSMsgType.TEXT:
-                break
+        msg = await end_of(ws)
         # The server's close frame carries 1009; the client's own close_code can read 1006
         # when the server drops the transport before the client's reply is written.
         assert msg.type == WSMsgType.CLOSE and msg.data == 1009
@@ -575,8 +560,8 @@ async def test_a_long_body_inside_a_small_enough_frame_gets_too_large(make_chat:
     assert ack["message"]["client_id"] == "fits" and len(ack["message"]["body"]) == 10_000
     # Over the frame limit: 1009.
     await ws.send_str("x" * 40_000)
-    msg = await asyncio.wait_for(ws.receive(), 30)
-    assert msg.type == WSMsgType.CLOSE and ws.close_code == 1009
+    msg = await end_of(ws)
+    assert msg.type == WSMsgType.CLOSE and msg.data == 1009
 
 
 async def test_request_body_over_the_limit_is_413_json(make_chat: Any) -> None:
@@ -713,10 +698,7 @@ async def test_a_deactivated_user_is_locked_out_at_once(chat: Chat) -> None:
         assert resp.status == 303 and resp.headers["Location"].startswith("/login")
         # Every open socket of bob's is closed by the server (a wait, not a timing check).
         for ws in (stream, tab, cookie_stream):
-            while True:
-                msg = await asyncio.wait_for(ws.receive(), 20)
-                if msg.type != WSMsgType.TEXT:
-                    break
+            msg = await end_of(ws)
             assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING), msg
             assert ws.closed or ws.close_code is not None
         assert stream.close_code == 1008
@@ -733,11 +715,8 @@ async def test_a_password_change_ends_sessions_at_once(chat: Chat) -> None:
         tab = await browser.ws_connect("/ws?room=general", headers={"Origin": origin(chat)})
         await chat.services.accounts.set_password("bob", "a brand new password")
         assert (await browser.get("/api/v1/me")).status == 401
-        while True:
-            msg = await asyncio.wait_for(tab.receive(), 20)
-            if msg.type != WSMsgType.TEXT:
-                break
-        assert tab.close_code == 1008
+        msg = await end_of(tab)
+        assert tab.close_code == 1008 and msg.type != WSMsgType.TEXT
         async with session_for(chat) as again:
             assert (await post_login(again, "bob")).status == 401
             assert (await post_login(again, "bob", "a brand new password")).status == 303

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 
 from aiohttp import ClientSession, CookieJar
 
-from conftest import PASSWORD, Server, csrf_of, run_cli
+from conftest import PASSWORD, Server, csrf_of, end_of, run_cli
 
 
 async def sign_in(session: ClientSession, base: str, name: str, password: str = PASSWORD) -> int:
@@ -89,9 +88,7 @@ async def test_cli_changes_apply_to_running_server(tmp_path: Path, server_factor
         assert (await session.get(f"{server.url}/api/v1/me")).status == 401
         resp = await session.get(f"{server.url}/api/v1/me", headers={"Authorization": f"Bearer {token}"})
         assert resp.status == 401
-        msg = await asyncio.wait_for(stream.receive(), 30)
-        while msg.type.name == "TEXT":
-            msg = await asyncio.wait_for(stream.receive(), 30)
+        msg = await end_of(stream)
         assert msg.type.name in ("CLOSE", "CLOSED")
         assert await sign_in(session, server.url, "bob", "a new password") == 401
     assert server.terminate() == 0

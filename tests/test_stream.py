@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import WSMsgType
 
-from conftest import Chat, next_json
+from conftest import Chat, end_of, next_json
 
 
 async def post(chat: Chat, headers: dict, body: str, room: str = "general") -> dict:
@@ -168,9 +168,7 @@ async def test_revoked_token_closes_stream(chat: Chat) -> None:
     bob = await chat.bearer("bob")
     ws = await chat.stream(bob)
     await chat.services.accounts.deactivate("bob")
-    msg = await asyncio.wait_for(ws.receive(), 30)
-    while msg.type == WSMsgType.TEXT:
-        msg = await asyncio.wait_for(ws.receive(), 30)
+    msg = await end_of(ws)
     assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
     resp = await chat.client.get("/api/v1/me", headers=bob)
     assert resp.status == 401

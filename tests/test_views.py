@@ -8,7 +8,7 @@ import re
 
 from aiohttp import ClientSession, CookieJar, WSMsgType
 
-from conftest import PASSWORD, Chat, csrf_of, login
+from conftest import PASSWORD, Chat, csrf_of, end_of, login
 
 
 def origin(chat: Chat) -> dict[str, str]:
@@ -180,9 +180,7 @@ async def test_logout_ends_session_and_closes_sockets(chat: Chat) -> None:
         assert resp.status == 403
         resp = await alice.post("/logout", data={"csrf": csrf}, allow_redirects=False)
         assert resp.status == 303 and resp.headers["Location"] == "/login"
-        msg = await asyncio.wait_for(ws.receive(), 30)
-        while msg.type == WSMsgType.TEXT:
-            msg = await asyncio.wait_for(ws.receive(), 30)
+        msg = await end_of(ws)
         assert msg.type == WSMsgType.CLOSE and msg.data == 1008
         assert (await alice.get("/r/general", allow_redirects=False)).status == 303
 
