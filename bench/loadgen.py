@@ -497,6 +497,22 @@ async def _server_count(spec: Spec) -> int | None:
     return int(found.group(1)) if found else None
 
 
+async def measure_clients(spec: Spec, state: dict[str, Any], clients: list[Any]) -> tuple[CpuWindow, list[Any]]:
+    """Run closed-loop clients: warm up, measure for `duration` (state["measuring"] is True
+    meanwhile, CPU counted), then stop them and collect how each ended."""
+    cpu = CpuWindow(spec["server_pid"])
+    tasks = [asyncio.create_task(client) for client in clients]
+    await asyncio.sleep(spec["warmup"])
+    state["measuring"] = True
+    cpu.start()
+    await asyncio.sleep(spec["duration"])
+    state["measuring"] = False
+    cpu.stop()
+    state["stop"] = True
+    ended = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), spec["drain"])
+    return cpu, ended
+
+
 # -- HTTP posts -------------------------------------------------------------------------------------
 
 
@@ -522,16 +538,7 @@ async def http_posts(spec: Spec, backend: wsclient.Backend) -> dict[str, Any]:
             if state["measuring"]:
                 state["window"] += 1
 
-    cpu = CpuWindow(spec["server_pid"])
-    tasks = [asyncio.create_task(client(c, conn)) for c, conn in enumerate(conns)]
-    await asyncio.sleep(spec["warmup"])
-    state["measuring"] = True
-    cpu.start()
-    await asyncio.sleep(spec["duration"])
-    state["measuring"] = False
-    cpu.stop()
-    state["stop"] = True
-    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), spec["drain"])
+    cpu, results = await measure_clients(spec, state, [client(c, conn) for c, conn in enumerate(conns)])
     for conn in conns:
         conn.close()
     problems = [f"client failed: {r!r}" for r in results if isinstance(r, BaseException)]
@@ -592,16 +599,7 @@ async def _pages_kind(spec: Spec, kind: str) -> dict[str, Any]:
             if state["measuring"]:
                 latencies.append(took)
 
-    cpu = CpuWindow(spec["server_pid"])
-    tasks = [asyncio.create_task(client(c, conn)) for c, conn in enumerate(conns)]
-    await asyncio.sleep(spec["warmup"])
-    state["measuring"] = True
-    cpu.start()
-    await asyncio.sleep(spec["duration"])
-    state["measuring"] = False
-    cpu.stop()
-    state["stop"] = True
-    done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), spec["drain"])
+    cpu, done = await measure_clients(spec, state, [client(c, conn) for c, conn in enumerate(conns)])
     for conn in conns:
         conn.close()
     latencies.sort()
