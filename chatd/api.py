@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +14,6 @@ from chatd.services import Services, parse_int
 from chatd.sockets import open_socket, run_socket
 from chatd.state import SERVICES
 
-log = logging.getLogger("chatd.api")
 routes = web.RouteTableDef()
 
 

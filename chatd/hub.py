@@ -235,13 +235,12 @@ class Hub:
                 self.write(conn, data, 1)
 
     def write(self, conn: Conn, data: bytes, count: int) -> None:
-        transport = conn.transport
-        if conn.dropped or conn.ws.closed or transport.is_closing():
+        if not conn.open:
             return
-        if transport.get_write_buffer_size() > self.limit:
+        if conn.transport.get_write_buffer_size() > self.limit:
             self.drop(conn)
             return
-        transport.write(data)
+        conn.transport.write(data)
         self.metrics.deliveries += count
 
     def drop(self, conn: Conn) -> None:

@@ -173,3 +173,12 @@ async def test_unread_never_leaks_closed_rooms_over_browser_socket(chat: Chat) -
                 break
         assert not any(slug in f or "dm text" in f for f in frames)
         await ws.close()
+
+
+async def test_reopening_a_dm_writes_nothing(chat: Chat) -> None:
+    alice, bob = await chat.user("alice"), await chat.user("bob")
+    first = await chat.services.chat.open_dm(alice, "bob")
+    epoch = chat.services.store.epoch
+    again = await chat.services.chat.open_dm(bob, "alice")
+    assert again.id == first.id
+    assert chat.services.store.epoch == epoch  # no write transaction for a page view

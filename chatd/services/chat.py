@@ -52,7 +52,12 @@ class Chat:
         other = await self.store.user_by_name(name) if rules.USERNAME_RE.fullmatch(name) else None
         if other is None:
             raise NotFound(f"no user named {name or username!r}")
-        room = await self.store.open_dm(rules.dm_slug(user.username, other.username), user, other)
+        slug = rules.dm_slug(user.username, other.username)
+        try:  # viewing a DM page is a read: write only the first time
+            return await self.store.room_for(user, slug)
+        except NotFound:
+            pass
+        room = await self.store.open_dm(slug, user, other)
         self.live.member_added(room, user.id)
         self.live.member_added(room, other.id)
         return room
