@@ -151,3 +151,9 @@ def dm_slug(a: str, b: str) -> str:
     """The slug of the DM between two users: '+' never appears in a room slug."""
     first, second = sorted((a, b))
     return f"{first}+{second}"
+
+
+def dm_peer(slug: str, username: str) -> str:
+    """The other person of a DM (yourself, in a DM with yourself)."""
+    first, _, second = slug.partition("+")
+    return second if first == username else first

@@ -12,7 +12,7 @@ import jinja2
 from aiohttp import web
 from markupsafe import Markup
 
-from chatd import fragments
+from chatd import fragments, rules
 from chatd.auth import (
     FORM_COOKIE,
     check_form_token,
@@ -244,10 +244,7 @@ async def _sidebar(request: web.Request, user: User, room: Room) -> tuple[Markup
 
 
 def _peer(room: Room, user: User) -> str | None:
-    if room.kind != "dm":
-        return None
-    first, _, second = room.slug.partition("+")
-    return second if first == user.username else first
+    return rules.dm_peer(room.slug, user.username) if room.kind == "dm" else None
 
 
 def _title(room: Room, user: User) -> str:

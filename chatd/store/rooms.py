@@ -7,6 +7,7 @@ import time
 
 from chatd.errors import Conflict, NotFound
 from chatd.models import Message, Room, RoomState, User
+from chatd.rules import dm_peer
 from chatd.store.base import _MESSAGE, _ROOM, LATEST_KEPT, StoreBase, _messages, _room
 from chatd.store.db import transaction
 from chatd.store.writer import advance_read_mark
@@ -76,7 +77,7 @@ class RoomsStore(StoreBase):
             closed = sorted((rooms[rid] for rid in marks if rid in rooms and rooms[rid].kind != "public"),
                             key=lambda r: r.name)
             for r in closed:
-                peer = _dm_peer(r, user) if r.kind == "dm" else None
+                peer = dm_peer(r.slug, user.username) if r.kind == "dm" else None
                 states.append(RoomState(r, max(0, r.message_count - marks[r.id]), peer))
             return states
 
@@ -247,11 +248,3 @@ class RoomsStore(StoreBase):
             return _messages(rows[::-1])
 
         return await self._reader.run(op)
-
-
-
-
-def _dm_peer(room: Room, user: User) -> str:
-    first, _, second = room.slug.partition("+")
-    return second if first == user.username else first
-
