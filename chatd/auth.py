@@ -244,11 +244,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPRequestEntityTooLarge:
         return error_response(request, TooLarge("the request body is too large"))
     except web.HTTPException as exc:
-        if exc.status >= 400 and wants_json(request):
+        if exc.status >= 400:  # aiohttp's own 404/405/413: the same error shapes as ours
             return error_response(request, _http_error(exc))
-        if exc.status >= 400 and exc.status != 405:
-            return error_response(request, _http_error(exc))
-        raise
+        raise  # redirects
     except Exception:
         log.exception("event=internal_error method=%s path=%s", request.method, request.path)
         return error_response(
