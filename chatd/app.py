@@ -60,6 +60,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 async def _close_sockets(app: web.Application) -> None:
     """On shutdown every socket closes with 1012: clients reconnect and catch up."""
-    count = len(app[HUB].conns)
-    await app[HUB].close_all(SERVICE_RESTART, b"service restart")
+    # The handlers end as clients answer (or are cut off); the runner waits for them.
+    count = app[HUB].close(list(app[HUB].conns), SERVICE_RESTART, b"service restart")
     log.info("event=shutdown sockets_closed=%d", count)

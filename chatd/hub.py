@@ -23,9 +23,17 @@ from aiohttp import web
 from chatd.models import Credential, User
 
 log = logging.getLogger("chatd.hub")
+CLOSE_GRACE = 3.0  # seconds a client has to answer the server's close frame
 OP_TEXT = 0x1
+OP_CLOSE = 0x8
 
 ConnKind = Literal["stream", "browser"]
+
+
+def close_frame(code: int, reason: bytes) -> bytes:
+    """A complete, unmasked close frame (the reason must fit a control frame: 123 bytes)."""
+    payload = struct.pack("!H", code) + reason[:123]
+    return struct.pack("!BB", 0x80 | OP_CLOSE, len(payload)) + payload
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -51,12 +59,14 @@ class Conn:
     room_id: int | None = None
     ip: str = ""
     dropped: bool = False
+    # The server sent its close frame and waits for the client's answer (Hub.close).
+    closing: bool = False
     # While a `since` replay is being read from the database, live frames wait here.
     held: list[tuple[int, bytes]] | None = field(default=None, repr=False)
 
     @property
     def open(self) -> bool:
-        return not (self.dropped or self.ws.closed or self.transport.is_closing())
+        return not (self.dropped or self.closing or self.ws.closed or self.transport.is_closing())
 
 
 class Envelope:
@@ -259,9 +269,23 @@ class Hub:
         if frames:
             self.write(conn, b"".join(frames), len(frames))
 
-    async def close_all(self, code: int, message: bytes) -> None:
-        """Close every socket (shutdown): the code tells clients to come back."""
-        conns = [c for c in self.conns if c.open]
-        await asyncio.gather(
-            *(c.ws.close(code=code, message=message) for c in conns), return_exceptions=True
-        )
+    def close(self, conns: Iterable[Conn], code: int, reason: bytes) -> int:
+        """Start the closing handshake on these sockets; returns how many were open.
+
+        The close frame goes out now and nothing follows it. The client's answering
+        close frame ends the socket's read loop, which closes the connection
+        (sockets.run_socket): aiohttp's own close() from another task would drop the
+        connection without waiting for that answer, and clients would then report
+        1006 instead of the code sent. A client that does not answer within
+        CLOSE_GRACE seconds is cut off."""
+        frame = close_frame(code, reason)
+        loop = asyncio.get_running_loop()
+        count = 0
+        for conn in conns:
+            if not conn.open:
+                continue
+            conn.closing = True
+            conn.transport.write(frame)
+            loop.call_later(CLOSE_GRACE, conn.transport.abort)  # a no-op once it is closed
+            count += 1
+        return count

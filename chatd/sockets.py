@@ -55,7 +55,10 @@ async def open_socket(
     config, services = request.app[CONFIG], request.app[SERVICES]
     if services.hub.count_for(user.id) >= config.connections_per_user:
         raise RateLimited("too many open connections for this user", 5)
-    ws = web.WebSocketResponse(heartbeat=30, compress=False, max_msg_size=config.max_frame_bytes)
+    # autoclose off: run_socket answers a client's close frame itself, and does not
+    # answer the reply to a close frame of ours with a second one.
+    ws = web.WebSocketResponse(heartbeat=30, compress=False, max_msg_size=config.max_frame_bytes,
+                               autoclose=False)
     await ws.prepare(request)
     return Conn(user, kind, ws, request.transport, credential,  # type: ignore[arg-type]
                 room_id=room.id if room else None, ip=client_ip(request))
@@ -85,6 +88,10 @@ async def run_socket(
         services.live.detach(conn)
         for task in tasks:
             task.cancel()
+        if conn.closing:  # our close frame was answered (or the client was cut off)
+            conn.transport.close()
+        else:  # answer the client's close frame; a no-op when aiohttp already closed
+            await conn.ws.close()
     return conn.ws
 
 

@@ -720,3 +720,19 @@ async def test_a_password_change_ends_sessions_at_once(chat: Chat) -> None:
         async with session_for(chat) as again:
             assert (await post_login(again, "bob")).status == 401
             assert (await post_login(again, "bob", "a brand new password")).status == 303
+
+
+async def test_a_revoked_client_that_never_answers_the_close_is_cut_off(chat: Chat) -> None:
+    """The server's close frame waits for the client's answer only so long."""
+    await chat.user("bob")
+    browser = await chat.browser("bob")
+    async with browser:
+        tab = await browser.ws_connect(
+            "/ws?room=general", headers={"Origin": origin(chat)}, autoclose=False
+        )
+        await chat.services.accounts.set_password("bob", "a brand new password")
+        msg = await end_of(tab)
+        assert msg.type == WSMsgType.CLOSE and msg.data == 1008 and msg.extra == "signed out"
+        # No answer from us: the server drops the connection by itself.
+        msg = await end_of(tab)
+        assert msg.type in (WSMsgType.CLOSED, WSMsgType.ERROR), msg

@@ -19,6 +19,7 @@ from chatd.models import Message, Room, User
 from chatd.store import Store
 
 log = logging.getLogger("chatd.live")
+POLICY_VIOLATION = 1008  # closes the sockets of a revoked session or token: do not come back
 _MENTION_ATTR = re.compile(r'data-mention="([a-z0-9_.-]+)"')
 PRESENCE_DELAY = 0.2
 NOTIFY_SNIPPET = 140
@@ -248,6 +249,4 @@ class Live:
     async def close(self, conns: list[Conn]) -> None:
         for conn in conns:
             log.info("event=revoked user=%s kind=%s", conn.user.username, conn.kind)
-        await asyncio.gather(
-            *(c.ws.close(code=1008, message=b"signed out") for c in conns), return_exceptions=True
-        )
+        self.hub.close(conns, POLICY_VIOLATION, b"signed out")
