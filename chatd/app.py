@@ -18,6 +18,7 @@ from chatd.store import Store
 
 log = logging.getLogger("chatd.app")
 SERVICE_RESTART = 1012
+SHUTDOWN_CLOSE_WAIT = 1.0  # seconds; part of shutdown_timeout_seconds' budget in practice
 
 
 def resource_dir(name: str) -> Path:
@@ -60,6 +61,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 async def _close_sockets(app: web.Application) -> None:
     """On shutdown every socket closes with 1012: clients reconnect and catch up."""
-    # The handlers end as clients answer (or are cut off); the runner waits for them.
+    # Give clients a moment to answer the close frame (a clean close, so they see 1012);
+    # then the runner cancels whatever socket handler is left.
     count = app[HUB].close(list(app[HUB].conns), SERVICE_RESTART, b"service restart")
+    await app[HUB].wait_empty(SHUTDOWN_CLOSE_WAIT)
     log.info("event=shutdown sockets_closed=%d", count)

@@ -124,6 +124,7 @@ class Hub:
         self.limit = send_buffer_bytes
         self.metrics = metrics or Metrics()
         self.conns: set[Conn] = set()
+        self._emptied: asyncio.Event | None = None  # set when the last socket goes (shutdown)
         self.by_user: dict[int, set[Conn]] = {}
         self.viewers: dict[int, set[Conn]] = {}
         self.streams: set[Conn] = set()
@@ -171,6 +172,8 @@ class Hub:
         if conn not in self.conns:
             return False
         self.conns.discard(conn)
+        if not self.conns and self._emptied is not None:
+            self._emptied.set()
         self.streams.discard(conn)
         if conn.room_id is not None:
             viewers = self.viewers.get(conn.room_id)
@@ -289,3 +292,15 @@ class Hub:
             loop.call_later(CLOSE_GRACE, conn.transport.abort)  # a no-op once it is closed
             count += 1
         return count
+
+    async def wait_empty(self, timeout: float) -> None:
+        """Wait until every socket has gone, or `timeout` seconds."""
+        if not self.conns:
+            return
+        self._emptied = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._emptied.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._emptied = None
