@@ -300,7 +300,7 @@ class Hub:
         self._emptied = asyncio.Event()
         try:
             await asyncio.wait_for(self._emptied.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             self._emptied = None
