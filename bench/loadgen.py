@@ -47,10 +47,19 @@ RUN = secrets.token_hex(4)
 # -- protocols: how to read a message id and an acknowledgement out of a frame -------------------
 
 
+def _up_to_quote(data: bytes, at: int, key: bytes) -> bytes | None:
+    """The bytes after `key` (found at `at`, -1 if not) up to the next double quote."""
+    if at < 0:
+        return None
+    start = at + len(key)
+    return data[start : data.index(b'"', start)]
+
+
 class StreamProtocol:
     """JSON events of GET /api/v1/stream (and of the reference broadcaster)."""
 
     path = "/api/v1/stream"
+    send_base: dict[str, str] = {"type": "send", "room": "general"}
     # chatd and the reference both serialise the message's id first; anything else takes
     # the slow path (a full JSON parse), so the count stays right whatever the key order.
     prefix = b'{"type":"message","message":{"id":'
@@ -68,17 +77,13 @@ class StreamProtocol:
 
     def client_id(self, data: bytes) -> bytes | None:
         # Keys inside a JSON string are escaped (\"), so only the real key matches.
-        at = data.rfind(self.cid_key)
-        if at < 0:
-            return None
-        start = at + len(self.cid_key)
-        return data[start : data.index(b'"', start)]
+        return _up_to_quote(data, data.rfind(self.cid_key), self.cid_key)
 
     def is_error(self, data: bytes) -> bool:
         return b'"type":"error"' in data
 
     def send_frame(self, body: str, client_id: str) -> bytes:
-        frame = {"type": "send", "room": "general", "body": body, "client_id": client_id}
+        frame = {**self.send_base, "body": body, "client_id": client_id}
         return json.dumps(frame, separators=(",", ":")).encode()
 
 
@@ -86,29 +91,19 @@ class BrowserProtocol(StreamProtocol):
     """HTML fragments of GET /ws (the HTMX socket): <article ... id="message-{id}" ...>."""
 
     path = "/ws?room=general"
+    send_base = {"type": "send"}  # the tab's room comes from its URL
     id_attr = b'id="message-'
     cid_attr = b'data-client-id="'
 
     def message_id(self, data: bytes) -> int | None:
-        at = data.find(self.id_attr)
-        if at < 0:
-            return None  # online list, unread counts, typing
-        start = at + len(self.id_attr)
-        return int(data[start : data.index(b'"', start)])
+        found = _up_to_quote(data, data.find(self.id_attr), self.id_attr)
+        return None if found is None else int(found)  # None: online list, unread counts, typing
 
     def client_id(self, data: bytes) -> bytes | None:
-        at = data.find(self.cid_attr)
-        if at < 0:
-            return None
-        start = at + len(self.cid_attr)
-        return data[start : data.index(b'"', start)]
+        return _up_to_quote(data, data.find(self.cid_attr), self.cid_attr)
 
     def is_error(self, data: bytes) -> bool:
         return data.startswith(b'{"error"')
-
-    def send_frame(self, body: str, client_id: str) -> bytes:
-        frame = {"type": "send", "body": body, "client_id": client_id}
-        return json.dumps(frame, separators=(",", ":")).encode()
 
 
 PROTOCOLS: dict[str, StreamProtocol] = {"stream": StreamProtocol(), "browser": BrowserProtocol()}
