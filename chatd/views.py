@@ -165,7 +165,7 @@ async def logout(request: web.Request) -> web.Response:
         if form.get("csrf") is not None or not origin_ok(request, required=False):
             check_session_csrf(request, credential, form)
         await _svc(request).accounts.end_session(credential)
-        await _svc(request).live.close_credential(credential.token_hash)
+        _svc(request).live.close_credential(credential.token_hash)
         log.info("event=logout user=%s", user.username)
     clear_session_cookie(response)
     raise response

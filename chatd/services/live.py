@@ -240,13 +240,14 @@ class Live:
         tokens = list({c.credential.token_hash for c in conns if c.credential.kind == "token"})
         live = await self.store.live_credentials(sessions, tokens)
         revoked = [c for c in conns if c.credential.token_hash not in live and c.open]
-        await self.close(revoked)
+        self.close(revoked)
         return len(revoked)
 
-    async def close_credential(self, token_hash: bytes) -> None:
-        await self.close([c for c in self.hub.conns if c.credential.token_hash == token_hash])
+    def close_credential(self, token_hash: bytes) -> None:
+        self.close([c for c in self.hub.conns if c.credential.token_hash == token_hash])
 
-    async def close(self, conns: list[Conn]) -> None:
+    def close(self, conns: list[Conn]) -> None:
+        """Send these sockets 1008; the hub finishes the closing handshake."""
         for conn in conns:
             log.info("event=revoked user=%s kind=%s", conn.user.username, conn.kind)
         self.hub.close(conns, POLICY_VIOLATION, b"signed out")
