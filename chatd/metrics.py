@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from chatd.state import HUB
+from chatd.state import HUB, STORE
 
 
 def render_metrics(app: web.Application) -> str:
     hub = app[HUB]
     m = hub.metrics
     streams = sum(1 for c in hub.conns if c.kind == "stream")
+    writer = app[STORE].messages_writer
     lines = [
         "# HELP chatd_connections Open WebSocket connections.",
         "# TYPE chatd_connections gauge",
@@ -28,6 +29,10 @@ def render_metrics(app: web.Application) -> str:
         "# HELP chatd_slow_consumers_dropped_total Sockets dropped for not reading.",
         "# TYPE chatd_slow_consumers_dropped_total counter",
         f"chatd_slow_consumers_dropped_total {m.dropped_slow}",
+        "# HELP chatd_message_batches_deferred_total Message batches that found SQLite's write lock"
+        " taken (a chatd command writing) and waited for it off the event loop.",
+        "# TYPE chatd_message_batches_deferred_total counter",
+        f"chatd_message_batches_deferred_total {writer.deferred if writer else 0}",
         "# HELP chatd_sqlite_write_seconds Time to commit one batch of messages.",
         "# TYPE chatd_sqlite_write_seconds histogram",
     ]

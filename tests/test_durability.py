@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from pathlib import Path
 
@@ -92,6 +93,14 @@ async def test_sigterm_closes_sockets_with_1012_and_exits_0(tmp_path: Path, serv
     assert set(acked) <= stored
 
 
+async def on_writers(store, sql: str) -> None:
+    """Apply a connection setting to both connections that write messages: the inline one
+    and the writer thread's (the fallback while SQLite's write lock is taken)."""
+    await store._writer.run(lambda c: c.execute(sql))
+    if store._inline_writer is not None:
+        store._inline_writer.execute(sql)
+
+
 async def test_full_disk_fails_sends_clearly_and_recovers(chat: Chat) -> None:
     alice = await chat.bearer("alice")
     ws = await chat.stream(alice)
@@ -100,7 +109,7 @@ async def test_full_disk_fails_sends_clearly_and_recovers(chat: Chat) -> None:
     store = chat.services.store
     # SQLITE_FULL for real: cap the file at its current size.
     pages = await store._writer.run(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
-    await store._writer.run(lambda c: c.execute(f"PRAGMA max_page_count = {pages}"))
+    await on_writers(store, f"PRAGMA max_page_count = {pages}")
     big = "x" * 9000
     failures = 0
     for _ in range(50):
@@ -116,7 +125,7 @@ async def test_full_disk_fails_sends_clearly_and_recovers(chat: Chat) -> None:
     assert event["code"] == "storage_unavailable" and event["client_id"] == "full"
     assert (await chat.client.get("/healthz")).status == 200
     # Space returns: sends work again, and nothing acknowledged was lost.
-    await store._writer.run(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+    await on_writers(store, "PRAGMA max_page_count = 1073741823")
     resp = await chat.client.post("/api/v1/rooms/general/messages", json={"body": "after"}, headers=alice)
     assert resp.status == 201
     history = await chat.client.get("/api/v1/rooms/general/messages?limit=200", headers=alice)
@@ -128,12 +137,55 @@ async def test_full_disk_fails_sends_clearly_and_recovers(chat: Chat) -> None:
 async def test_read_only_database_fails_sends_clearly_and_recovers(chat: Chat) -> None:
     alice = await chat.bearer("alice")
     store = chat.services.store
-    await store._writer.run(lambda c: c.execute("PRAGMA query_only = ON"))
+    await on_writers(store, "PRAGMA query_only = ON")
     resp = await chat.client.post("/api/v1/rooms/general/messages", json={"body": "nope"}, headers=alice)
     assert resp.status == 503
     assert "try again" in (await resp.json())["error"]["message"]
-    await store._writer.run(lambda c: c.execute("PRAGMA query_only = OFF"))
+    await on_writers(store, "PRAGMA query_only = OFF")
     resp = await chat.client.post("/api/v1/rooms/general/messages", json={"body": "yes"}, headers=alice)
     assert resp.status == 201
     history = await chat.client.get("/api/v1/rooms/general/messages", headers=alice)
     assert [m["body"] for m in (await history.json())["messages"]] == ["yes"]
+
+
+async def test_a_command_holding_the_write_lock_delays_messages_not_the_server(
+    tmp_path: Path, server_factory
+) -> None:
+    """Messages are committed on the event loop; one that finds SQLite's write lock taken
+    (here by another process, as a `chatd` command would) waits for it off the loop."""
+    db = tmp_path / "chatd.db"
+    token = make_user(db, "alice")
+    headers = {"Authorization": f"Bearer {token}"}
+    server: Server = server_factory().start()
+    url = f"{server.url}/api/v1/rooms/general/messages"
+    async with ClientSession() as session:
+        assert (await session.post(url, json={"body": "before"}, headers=headers)).status == 201
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("PRAGMA busy_timeout = 5000")
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            post = asyncio.create_task(session.post(url, json={"body": "while locked"}, headers=headers))
+            # Wait (not a timing check) until the server has met the lock and deferred the batch.
+            while await deferred_batches(session, server.url) == 0:
+                assert not post.done(), "a message was stored while another process held the lock"
+                await asyncio.sleep(0.02)
+            # Meanwhile everything else is answered: reads, health, the same user's history.
+            assert (await session.get(f"{server.url}/healthz")).status == 200
+            history = await (await session.get(url, headers=headers)).json()
+            assert [m["body"] for m in history["messages"]] == ["before"]
+            assert not post.done()
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        resp = await post
+        assert resp.status == 201
+        assert (await session.post(url, json={"body": "after"}, headers=headers)).status == 201
+        history = await (await session.get(url, headers=headers)).json()
+        assert [m["body"] for m in history["messages"]] == ["before", "while locked", "after"]
+        assert await deferred_batches(session, server.url) == 1
+    assert server.terminate() == 0
+
+
+async def deferred_batches(session: ClientSession, base: str) -> int:
+    text = await (await session.get(f"{base}/metrics")).text()
+    return int(re.search(r"^chatd_message_batches_deferred_total (\d+)$", text, re.M).group(1))

@@ -78,16 +78,23 @@ async def test_cli_changes_apply_to_running_server(tmp_path: Path, server_factor
         assert await sign_in(session, server.url, "bob") == 303
         assert (await session.get(f"{server.url}/api/v1/me")).status == 200
         token = run_cli("token", "bob", db=db).stdout.strip()
-        stream = await session.ws_connect(f"{server.url}/api/v1/stream",
-                                          headers={"Authorization": f"Bearer {token}"})
+        bearer = {"Authorization": f"Bearer {token}"}
+        stream = await session.ws_connect(f"{server.url}/api/v1/stream", headers=bearer)
+        # The server answers credentials from memory while only its own message commits
+        # happen; every change by another process is seen on the next request.
+        posts = f"{server.url}/api/v1/rooms/general/messages"
+        for body in ("one", "two"):
+            assert (await session.post(posts, json={"body": body}, headers=bearer)).status == 201
         # passwd ends bob's sessions at once.
         assert run_cli("passwd", "bob", "--password-stdin", db=db, stdin="a new password\n").returncode == 0
         assert (await session.get(f"{server.url}/api/v1/me")).status == 401
         assert await sign_in(session, server.url, "bob", "a new password") == 303
+        assert (await session.post(posts, json={"body": "three"}, headers=bearer)).status == 201
         # deluser ends sessions and tokens, and closes open sockets.
         assert run_cli("deluser", "bob", db=db).returncode == 0
         assert (await session.get(f"{server.url}/api/v1/me")).status == 401
-        resp = await session.get(f"{server.url}/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+        assert (await session.post(posts, json={"body": "four"}, headers=bearer)).status == 401
+        resp = await session.get(f"{server.url}/api/v1/me", headers=bearer)
         assert resp.status == 401
         msg = await end_of(stream)
         assert msg.type.name in ("CLOSE", "CLOSED")

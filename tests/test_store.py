@@ -183,3 +183,30 @@ async def test_latest_page_from_memory_matches_sql_while_posting(chat: Chat) -> 
             "SELECT id FROM messages WHERE room_id = ? ORDER BY id DESC LIMIT 50", (room.id,))][::-1]
         assert [m.id for m in page] == sql
         assert len({m.id for m in page}) == 50
+
+
+async def test_the_log_starts_over_after_checkpoints_under_steady_posting(
+    chat: Chat, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Message batches commit inline on a connection that never checkpoints and never waits
+    for the write lock; the writer thread checkpoints every CHECKPOINT_EVERY commits, while
+    posts queue, so the log restarts instead of growing for as long as posting lasts."""
+    from chatd.store import writer
+
+    monkeypatch.setattr(writer, "CHECKPOINT_EVERY", 3)
+    store = chat.services.store
+    inline = store._inline_writer
+    assert inline.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+    assert inline.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    alice = await chat.bearer("alice")
+    commits = 150
+    for i in range(commits):  # one at a time: one commit each
+        resp = await chat.client.post("/api/v1/rooms/general/messages", json={"body": f"m{i}"},
+                                      headers=alice)
+        assert resp.status == 201
+    # Each commit appends several pages to the log; a restarted log is overwritten from
+    # its start, so the file stays at its largest stretch between two checkpoints.
+    frames = (Path(f"{store.path}-wal").stat().st_size - 32) // (24 + 4096)
+    assert frames < commits, frames
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == commits

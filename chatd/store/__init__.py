@@ -1,8 +1,9 @@
 """Every SQL statement in chatd: accounts, sessions, rooms, memberships, messages.
 
 Small reads run inline on the event loop (WAL: they never wait for the writer),
-big reads on a reader thread, and every write goes through the single writer
-connection, one transaction each. The parts live in accounts.py and rooms.py.
+big reads on a reader thread. Writes are one transaction each: message batches
+inline on their own connection when that waits for nothing (see writer.py), all
+others on the writer thread. The parts live in accounts.py and rooms.py.
 """
 
 from __future__ import annotations

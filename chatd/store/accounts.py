@@ -160,16 +160,11 @@ class AccountsStore(StoreBase):
         await self._writer.run(op)
 
     async def user_for_session(self, token_hash: bytes) -> tuple[User, str] | None:
-        """The session's user and CSRF token. Answers are kept until the database changes:
-        PRAGMA data_version moves with every commit by another connection (this server's
-        writer, or a `chatd passwd`/`deluser` in another process), which empties the cache."""
+        """The session's user and CSRF token (cached; see `_credentials_current`)."""
 
         def op(conn: sqlite3.Connection) -> tuple[User, str] | None:
             now = time.time()
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._sessions_version:
-                self._sessions.clear()
-                self._sessions_version = version
+            self._credentials_current(conn)
             hit = self._sessions.get(token_hash)
             if hit is not None and hit[2] > now:
                 return hit[0], hit[1]
@@ -199,14 +194,10 @@ class AccountsStore(StoreBase):
         await self._writer.run(op)
 
     async def user_for_token(self, token_hash: bytes) -> User | None:
-        """The token's user. Answers are kept while `auth_version` stands still: every change
-        that can revoke a token (deactivation, in this process or by the CLI) moves it."""
+        """The token's user (cached; see `_credentials_current`)."""
 
         def op(conn: sqlite3.Connection) -> User | None:
-            version = conn.execute("SELECT value FROM meta WHERE key = 'auth_version'").fetchone()[0]
-            if version != self._tokens_version:
-                self._tokens.clear()
-                self._tokens_version = version
+            self._credentials_current(conn)
             user = self._tokens.get(token_hash)
             if user is None:
                 user = _user(conn.execute(
@@ -221,6 +212,31 @@ class AccountsStore(StoreBase):
             return user
 
         return self._read(op)
+
+    def _credentials_current(self, conn: sqlite3.Connection) -> None:
+        """Empty the session and token caches if a credential may have changed since.
+
+        Every change that can revoke one (sign-out, password, deactivation; in this
+        process or by a `chatd` command) moves `auth_version` in the same commit. That
+        row is read only when some other connection has committed since the last look:
+        PRAGMA data_version of the message-writing connection moves with every commit
+        but its own message batches, and reading it costs no I/O. So a revocation holds
+        from the next request on, and a busy chat does not cost each request a query.
+        """
+        watch = self._inline_writer
+        if watch is not None:
+            try:
+                seen = watch.execute("PRAGMA data_version").fetchone()[0]
+            except sqlite3.Error:
+                seen = None  # cannot tell: read auth_version below
+            if seen is not None and seen == self._watch_seen:
+                return
+            self._watch_seen = seen
+        version = conn.execute("SELECT value FROM meta WHERE key = 'auth_version'").fetchone()[0]
+        if version != self._auth_seen:
+            self._sessions.clear()
+            self._tokens.clear()
+            self._auth_seen = version
 
     async def auth_version(self) -> int:
         return self._read(

@@ -55,6 +55,7 @@ class StoreBase:
         self._reader = Connection(self.path, sync)
         self.messages_writer: MessageWriter | None = None
         self._inline: sqlite3.Connection | None = None
+        self._inline_writer: sqlite3.Connection | None = None
         # Messages never change once stored, so recent ones are kept ready-made.
         self._recent: OrderedDict[int, Message] = OrderedDict()
         # Every room, kept current by this process: rooms are created, and their
@@ -68,9 +69,9 @@ class StoreBase:
         # Moves on every change to rooms, counts or read marks: what was computed from
         # them at an earlier epoch may be stale, at the same epoch it is not.
         self.epoch = 0
-        self._sessions_version = -1
         self._tokens: dict[bytes, User] = {}
-        self._tokens_version: str | None = None
+        self._auth_seen: str | None = None  # auth_version the two caches above belong to
+        self._watch_seen: int | None = None  # see AccountsStore._credentials_current
 
     def note_room(self, room: Room) -> None:
         """Record a new or changed room in the in-memory room table."""
@@ -170,12 +171,19 @@ class StoreBase:
         await self._writer.open()  # creates and migrates the file first
         await self._reader.open()
         self._inline = await asyncio.to_thread(connect_sync, self.path, self.sync)
+        if self.sync == "normal":  # a commit waits for no disk: messages are written inline
+            self._inline_writer = await asyncio.to_thread(connect_sync, self.path, self.sync)
+            self._inline_writer.execute("PRAGMA busy_timeout = 0")
+            self._inline_writer.execute("PRAGMA wal_autocheckpoint = 0")
         for row in self._inline.execute(f"{_ROOM}"):
             self.note_room(Room._make(row))
 
     async def close(self) -> None:
         if self.messages_writer is not None:
             await self.messages_writer.stop()
+        if self._inline_writer is not None:
+            self._inline_writer.close()
+            self._inline_writer = None
         if self._inline is not None:
             self._inline.close()
             self._inline = None
@@ -188,7 +196,7 @@ class StoreBase:
             self._count_messages(messages)
             on_commit(messages)
 
-        self.messages_writer = MessageWriter(self._writer, committed, on_latency)
+        self.messages_writer = MessageWriter(self._writer, committed, on_latency, self._inline_writer)
         self.messages_writer.start()
         return self.messages_writer
 

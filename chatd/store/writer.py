@@ -1,8 +1,18 @@
 """The message writer: group commit of pending posts, publish after commit.
 
-Posts queue up while a transaction is on disk; the next transaction takes all
-of them. Every caller is answered only after the commit that holds its
-message, and the hub hears of messages in id order, after that commit.
+Posts queue up while a transaction is being written; the next transaction
+takes all of them. Every caller is answered only after the commit that holds
+its message, and the hub hears of messages in id order, after that commit.
+
+Where the transaction runs: with synchronous=NORMAL a WAL commit appends to
+the log and waits for no disk, so it runs inline on the event loop on its own
+connection (no thread hop, no contention for the GIL). That connection never
+waits for SQLite's write lock: when someone else holds it (a `chatd` command,
+or this server's other writes on the writer thread) the batch goes to the
+writer thread, which waits there, so the loop never freezes. It never
+checkpoints either: the writer thread does that every CHECKPOINT_EVERY inline
+commits. With synchronous=FULL every commit waits for an fsync, so every
+batch runs on the writer thread.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from chatd.store.db import Connection, storage_error, transaction
 
 log = logging.getLogger("chatd.store")
 MAX_BATCH = 512
+CHECKPOINT_EVERY = 200  # inline commits between WAL checkpoints (a few MB of log)
 
 OnCommit = Callable[[list[Message]], None]
 OnLatency = Callable[[float], None]
@@ -39,14 +50,20 @@ class Pending:
 class MessageWriter:
     """Single writer task: one transaction per batch of pending messages."""
 
-    def __init__(self, conn: Connection, on_commit: OnCommit, on_latency: OnLatency) -> None:
+    def __init__(
+        self, conn: Connection, on_commit: OnCommit, on_latency: OnLatency,
+        inline: sqlite3.Connection | None = None,
+    ) -> None:
         self._conn = conn
+        self._inline = inline  # None: every batch on the writer thread (synchronous=FULL)
         self._on_commit = on_commit
         self._on_latency = on_latency
         self._pending: list[Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._since_checkpoint = 0
+        self.deferred = 0  # batches that found the write lock taken and waited on the thread
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="chatd-message-writer")
@@ -73,16 +90,31 @@ class MessageWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._inline is not None:
+                await self._gather()
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 await self._write(batch)
+            if self._since_checkpoint >= CHECKPOINT_EVERY:
+                await self._checkpoint()
             if self._closing:
                 return
+
+    async def _gather(self) -> None:
+        """A commit costs about as much for one message as for dozens: let the posts the
+        loop is already handling join the batch, for as long as each turn of the loop
+        brings more. Never an idle wait: a lone post is written on the next turn."""
+        waiting = len(self._pending)
+        while waiting < MAX_BATCH and not self._closing:
+            await asyncio.sleep(0)
+            if len(self._pending) == waiting:
+                return
+            waiting = len(self._pending)
 
     async def _write(self, batch: list[Pending]) -> None:
         started = time.perf_counter()
         try:
-            results = await self._conn.run(_insert_batch, batch)
+            results = await self._insert(batch)
         except sqlite3.Error as exc:
             error: ChatdError = storage_error(exc) or StorageUnavailable(
                 "the server could not store the message"
@@ -100,6 +132,34 @@ class MessageWriter:
         for item, result in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)
+
+    async def _insert(self, batch: list[Pending]) -> list[tuple[Message, bool]]:
+        """Inline when the write lock is free; otherwise wait for it on the writer thread."""
+        if self._inline is not None:
+            try:
+                results = _insert_batch(self._inline, batch)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+                self.deferred += 1
+            else:
+                self._since_checkpoint += 1
+                return results
+        return await self._conn.run(_insert_batch, batch)
+
+    async def _checkpoint(self) -> None:
+        """Copy the log into the database file, on the writer thread. Posts wait in the
+        queue meanwhile, so no commit lands during it: it completes, and the next commit
+        starts the log over from its beginning instead of growing it."""
+        self._since_checkpoint = 0
+        try:
+            await self._conn.run(_checkpoint)
+        except (sqlite3.Error, ChatdError) as exc:  # the log keeps every commit; try again later
+            log.warning("event=checkpoint_failed error=%r", str(exc))
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _insert_batch(conn: sqlite3.Connection, batch: list[Pending]) -> list[tuple[Message, bool]]:
