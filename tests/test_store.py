@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -189,8 +190,8 @@ async def test_the_log_starts_over_after_checkpoints_under_steady_posting(
     chat: Chat, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Message batches commit inline on a connection that never checkpoints and never waits
-    for the write lock; the writer thread checkpoints every CHECKPOINT_EVERY commits, while
-    posts queue, so the log restarts instead of growing for as long as posting lasts."""
+    for the write lock; the writer thread checkpoints every CHECKPOINT_EVERY commits (its
+    second pass while posts queue), so the log restarts instead of growing while posting lasts."""
     from chatd.store import writer
 
     monkeypatch.setattr(writer, "CHECKPOINT_EVERY", 3)
@@ -210,3 +211,34 @@ async def test_the_log_starts_over_after_checkpoints_under_steady_posting(
     assert frames < commits, frames
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == commits
+
+
+async def test_the_log_starts_over_when_posting_never_pauses_for_a_checkpoint(
+    make_chat: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first checkpoint pass copies the log while batches keep committing; the second,
+    with posts held, copies what landed meanwhile, so the log still restarts when posting
+    goes on through every checkpoint (copying alone, it would grow without end)."""
+    from chatd.store import writer
+
+    monkeypatch.setattr(writer, "CHECKPOINT_EVERY", 3)
+    chat = await make_chat(messages_per_second=1e6, message_burst=1e6)
+    services, store = chat.services, chat.services.store
+    user = await chat.user("eve")
+    room = await services.chat.room_for(user, "general")
+    wal = Path(f"{store.path}-wal")
+
+    def restarts() -> int:  # the log's header counts them: checkpoint sequence, bytes 12-15
+        return int.from_bytes(wal.read_bytes()[12:16], "big")
+
+    posts = 0
+    while restarts() < 3 and posts < 4000:  # rounds of 8 concurrent posts, no pause between
+        sent = await asyncio.gather(*(services.chat.post_in(user, room, f"m{posts + i}") for i in range(8)))
+        posts += len(sent)
+    # Restarted, the log is overwritten from its start: the file stays at its longest stretch
+    # between two restarts (about 100-150 pages here; copying alone grew it past 1,200).
+    frames = (wal.stat().st_size - 32) // (24 + 4096)
+    assert restarts() >= 3, (restarts(), posts)
+    assert frames < 500, (frames, posts)
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == posts

@@ -11,8 +11,12 @@ waits for SQLite's write lock: when someone else holds it (a `chatd` command,
 or this server's other writes on the writer thread) the batch goes to the
 writer thread, which waits there, so the loop never freezes. It never
 checkpoints either: the writer thread does that every CHECKPOINT_EVERY inline
-commits. With synchronous=FULL every commit waits for an fsync, so every
-batch runs on the writer thread.
+commits, in two passes. The first copies the log into the database file (and
+waits for the disk) while commits go on; the second, with posts held in the
+queue, copies only what landed meanwhile, so the log is wholly copied and the
+next commit starts it over: the log stays bounded and posting pauses for a
+short pass, not a full one. With synchronous=FULL every commit waits for an
+fsync, so every batch runs on the writer thread.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class MessageWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._since_checkpoint = 0
+        self._copying: asyncio.Task[None] | None = None  # the first checkpoint pass, if running
         self.deferred = 0  # batches that found the write lock taken and waited on the thread
 
     def start(self) -> None:
@@ -95,8 +100,14 @@ class MessageWriter:
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 await self._write(batch)
-            if self._since_checkpoint >= CHECKPOINT_EVERY:
-                await self._checkpoint()
+            if self._copying is not None and (self._copying.done() or self._closing):
+                await self._copying
+                self._copying = None
+                await self._checkpoint()  # the rest, with posts held: the log starts over
+            elif self._since_checkpoint >= CHECKPOINT_EVERY and self._copying is None and not self._closing:
+                self._since_checkpoint = 0  # the first pass, while commits go on
+                self._copying = asyncio.create_task(self._checkpoint(), name="chatd-checkpoint")
+                self._copying.add_done_callback(lambda _: self._wake.set())
             if self._closing:
                 return
 
@@ -148,10 +159,9 @@ class MessageWriter:
         return await self._conn.run(_insert_batch, batch)
 
     async def _checkpoint(self) -> None:
-        """Copy the log into the database file, on the writer thread. Posts wait in the
-        queue meanwhile, so no commit lands during it: it completes, and the next commit
-        starts the log over from its beginning instead of growing it."""
-        self._since_checkpoint = 0
+        """Copy the log into the database file, on the writer thread. Awaited by the
+        writer task, posts wait in the queue meanwhile, so no commit lands during it: it
+        completes, and the next commit starts the log over instead of growing it."""
         try:
             await self._conn.run(_checkpoint)
         except (sqlite3.Error, ChatdError) as exc:  # the log keeps every commit; try again later
