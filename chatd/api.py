@@ -43,6 +43,33 @@ async def create_room(request: web.Request) -> web.Response:
     return web.json_response({"room": room.to_json(0)}, status=201)
 
 
+# The two busiest routes first: aiohttp tries the resources under /api/v1/rooms in the
+# order they were added, and each miss costs a regular expression match per request.
+@routes.get("/api/v1/rooms/{slug}/messages")
+async def get_messages(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    q = request.query
+    services = _svc(request)
+    _, messages = await services.chat.history(
+        user, request.match_info["slug"], q.get("before"), q.get("after"), q.get("limit")
+    )
+    body = ",".join(services.live.message_json(m) for m in messages)
+    return web.Response(text=f'{{"messages":[{body}]}}', content_type="application/json")
+
+
+@routes.post("/api/v1/rooms/{slug}/messages")
+async def post_message(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    data = await read_json(request)
+    services = _svc(request)
+    message, created = await services.chat.post_message(
+        user, request.match_info["slug"], data.get("body"), data.get("client_id")
+    )
+    # The same encoding the event stream sends: built once per message.
+    return web.Response(text=f'{{"message":{services.live.message_json(message)}}}',
+                        content_type="application/json", status=201 if created else 200)
+
+
 async def _room_json(services: Services, user: User, slug: str) -> dict[str, Any]:
     room = await services.chat.room_for(user, slug)
     return room.to_json(await services.store.unread(user, room))
@@ -87,31 +114,6 @@ async def open_dm(request: web.Request) -> web.Response:
     services = _svc(request)
     room = await services.chat.open_dm(user, data.get("username"))
     return web.json_response({"room": room.to_json(await services.store.unread(user, room))})
-
-
-@routes.get("/api/v1/rooms/{slug}/messages")
-async def get_messages(request: web.Request) -> web.Response:
-    user = await api_user(request)
-    q = request.query
-    services = _svc(request)
-    _, messages = await services.chat.history(
-        user, request.match_info["slug"], q.get("before"), q.get("after"), q.get("limit")
-    )
-    body = ",".join(services.live.message_json(m) for m in messages)
-    return web.Response(text=f'{{"messages":[{body}]}}', content_type="application/json")
-
-
-@routes.post("/api/v1/rooms/{slug}/messages")
-async def post_message(request: web.Request) -> web.Response:
-    user = await api_user(request)
-    data = await read_json(request)
-    services = _svc(request)
-    message, created = await services.chat.post_message(
-        user, request.match_info["slug"], data.get("body"), data.get("client_id")
-    )
-    # The same encoding the event stream sends: built once per message.
-    return web.Response(text=f'{{"message":{services.live.message_json(message)}}}',
-                        content_type="application/json", status=201 if created else 200)
 
 
 @routes.post("/api/v1/rooms/{slug}/read")
