@@ -242,3 +242,42 @@ async def test_the_log_starts_over_when_posting_never_pauses_for_a_checkpoint(
     assert frames < 500, (frames, posts)
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == posts
+
+
+async def test_one_batch_finds_every_retry_and_moves_every_read_mark(chat: Chat) -> None:
+    """A batch looks its retries up in one query and writes its read marks together: the
+    same author, client_id, room and body as a stored message is that message, any
+    difference is a new one; posting reads the room, public or private."""
+    services, store = chat.services, chat.services.store
+    alice, bob = await chat.user("alice"), await chat.user("bob")
+    general = await services.chat.room_for(alice, "general")
+    team = await services.chat.create_room(alice, "team", "team", True)
+    await services.chat.add_member(alice, "team", "bob")
+    stored, created = await services.chat.post_in(alice, general, "hello", "c1")
+    assert created
+    before = sum(services.hub.metrics.write_counts)
+    # No await between these submissions: they are one batch (checked below).
+    results = await asyncio.gather(
+        services.chat.post_in(alice, general, "hello", "c1"),  # a retry of the stored one
+        services.chat.post_in(alice, general, "other", "c1"),  # same client_id, new body
+        services.chat.post_in(bob, general, "hello", "c1"),  # another author
+        services.chat.post_in(alice, team, "hello", "c1"),  # another room
+        services.chat.post_in(alice, general, "fresh", "c2"),
+        services.chat.post_in(alice, general, "fresh", "c2"),  # a retry within the batch
+        services.chat.post_in(bob, team, "in team", None),
+    )
+    assert sum(services.hub.metrics.write_counts) == before + 1
+    assert results[0] == (stored, False)
+    assert [created for _, created in results] == [False, True, True, True, True, False, True]
+    assert results[5][0] == results[4][0]
+    new_ids = [m.id for m, created in results if created]
+    assert len(set(new_ids)) == 5 and stored.id not in new_ids
+    count = store._inline.execute("SELECT count(*) FROM messages").fetchone()[0]
+    assert count == 6
+    marks = dict(((r, u), m) for r, u, m in store._inline.execute(
+        "SELECT room_id, user_id, last_read_id FROM memberships WHERE room_id IN (?, ?)",
+        (general.id, team.id)))
+    assert marks[(general.id, alice.id)] == results[4][0].id  # her newest there
+    assert marks[(general.id, bob.id)] == results[2][0].id
+    assert marks[(team.id, alice.id)] == results[3][0].id
+    assert marks[(team.id, bob.id)] == results[6][0].id

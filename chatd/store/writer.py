@@ -177,12 +177,13 @@ def _insert_batch(conn: sqlite3.Connection, batch: list[Pending]) -> list[tuple[
     with transaction(conn):
         next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchone()[0]
         rows, seen = [], {}
+        stored = _stored_retries(conn, batch)
         counts: dict[int, int] = {}  # room id -> message count so far
         last: dict[int, int] = {}  # room id -> newest message id
         marks: dict[tuple[int, int], tuple[Pending, int, int]] = {}  # posting reads the room
         for item in batch:
             key = (item.author.id, item.client_id)
-            existing = _existing(conn, item, seen.get(key)) if item.client_id else None
+            existing = _existing(item, seen.get(key), stored) if item.client_id else None
             if existing is not None:
                 results.append((existing, False))
                 continue
@@ -211,12 +212,41 @@ def _insert_batch(conn: sqlite3.Connection, batch: list[Pending]) -> list[tuple[
             "UPDATE rooms SET last_message_id = ?, message_count = ? WHERE id = ?",
             [(mid, counts[rid], rid) for rid, mid in last.items()],
         )
+        reads: dict[bool, list[tuple[int, int, int, int]]] = {True: [], False: []}
         for item, message_id, seq in marks.values():
-            advance_read_mark(conn, item.room, item.author.id, message_id, seq)
+            reads[item.room.kind == "public"].append((item.room.id, item.author.id, message_id, seq))
+        for public, marks_ in reads.items():
+            if marks_:
+                conn.executemany(_READ_PUBLIC if public else _READ_MEMBER, marks_)
     return results
 
 
-def _existing(conn: sqlite3.Connection, item: Pending, in_batch: Message | None) -> Message | None:
+Retry = tuple[int, str | None, int, str]  # author id, client_id, room id, body
+
+
+def _stored_retries(conn: sqlite3.Connection, batch: list[Pending]) -> dict[Retry, Message]:
+    """Messages already stored with the same author, client_id, room and body as one in the
+    batch (retries), newest of each, in one query for the whole batch."""
+    keys = {(i.author.id, i.client_id, i.room.id, i.body): i for i in batch if i.client_id}
+    if not keys:
+        return {}
+    found: dict[Retry, Message] = {}
+    values = ", ".join(["(?, ?, ?, ?)"] * len(keys))
+    # CROSS JOIN keeps the batch as the outer loop: one index search per key, never a scan.
+    for row in conn.execute(
+        f"SELECT m.id, m.room_id, r.slug, m.body, m.html, m.created_at, m.user_id, m.client_id"
+        f" FROM (VALUES {values}) k CROSS JOIN messages m ON m.user_id = k.column1"
+        f" AND m.client_id = k.column2 AND m.room_id = k.column3 AND m.body = k.column4"
+        f" JOIN rooms r ON r.id = m.room_id ORDER BY m.id",
+        [v for key in keys for v in key],
+    ):
+        key = (row[6], row[7], row[1], row[3])
+        found[key] = Message(row[0], row[1], row[2], keys[key].author.username, row[6],
+                             row[3], row[4], row[5], row[7])
+    return found
+
+
+def _existing(item: Pending, in_batch: Message | None, stored: dict[Retry, Message]) -> Message | None:
     """The same message already stored: same author, client_id, room and body (a retry).
 
     A reused client_id with a different body or room is a new message, not a retry.
@@ -224,31 +254,21 @@ def _existing(conn: sqlite3.Connection, item: Pending, in_batch: Message | None)
     if in_batch is not None:
         same = in_batch.room_id == item.room.id and in_batch.body == item.body
         return in_batch if same else None
-    row = conn.execute(
-        "SELECT m.id, m.room_id, r.slug, m.body, m.html, m.created_at FROM messages m"
-        " JOIN rooms r ON r.id = m.room_id WHERE m.user_id = ? AND m.client_id = ?"
-        " AND m.room_id = ? AND m.body = ? ORDER BY m.id DESC LIMIT 1",
-        (item.author.id, item.client_id, item.room.id, item.body),
-    ).fetchone()
-    if row is None:
-        return None
-    return Message(row[0], row[1], row[2], item.author.username, item.author.id,
-                   row[3], row[4], row[5], item.client_id)
+    return stored.get((item.author.id, item.client_id, item.room.id, item.body))
+
+
+_READ_PUBLIC = (  # a public room gets a read-state row on the fly
+    "INSERT INTO memberships (room_id, user_id, last_read_id, last_read_seq) VALUES (?1, ?2, ?3, ?4)"
+    " ON CONFLICT (room_id, user_id) DO UPDATE SET"
+    " last_read_id = max(last_read_id, excluded.last_read_id),"
+    " last_read_seq = max(last_read_seq, excluded.last_read_seq)"
+)
+_READ_MEMBER = (  # in a private room or DM a row is membership, which reading must not create
+    "UPDATE memberships SET last_read_id = max(last_read_id, ?3), last_read_seq = max(last_read_seq, ?4)"
+    " WHERE room_id = ?1 AND user_id = ?2"
+)
+
 
 def advance_read_mark(conn: sqlite3.Connection, room: Room, user_id: int, message_id: int, seq: int) -> None:
-    """Move a read mark forward, never back. Only public rooms get a row on the fly:
-    in a private room or DM a row is membership, which reading must not create."""
-    if room.kind == "public":
-        conn.execute(
-            "INSERT INTO memberships (room_id, user_id, last_read_id, last_read_seq) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (room_id, user_id) DO UPDATE SET"
-            " last_read_id = max(last_read_id, excluded.last_read_id),"
-            " last_read_seq = max(last_read_seq, excluded.last_read_seq)",
-            (room.id, user_id, message_id, seq),
-        )
-    else:
-        conn.execute(
-            "UPDATE memberships SET last_read_id = max(last_read_id, ?), last_read_seq = max(last_read_seq, ?)"
-            " WHERE room_id = ? AND user_id = ?",
-            (message_id, seq, room.id, user_id),
-        )
+    """Move a read mark forward, never back."""
+    conn.execute(_READ_PUBLIC if room.kind == "public" else _READ_MEMBER, (room.id, user_id, message_id, seq))
