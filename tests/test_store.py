@@ -281,3 +281,28 @@ async def test_one_batch_finds_every_retry_and_moves_every_read_mark(chat: Chat)
     assert marks[(general.id, bob.id)] == results[2][0].id
     assert marks[(team.id, alice.id)] == results[3][0].id
     assert marks[(team.id, bob.id)] == results[6][0].id
+
+
+async def test_a_command_revoking_a_token_holds_for_the_next_request(chat: Chat) -> None:
+    """Token and session lookups are cached, and whether another process changed a
+    credential is looked at once per turn of the event loop: a `chatd` command that
+    finished before a request was sent holds for it, while requests keep coming."""
+    alice, bob = await chat.bearer("alice"), await chat.bearer("bob")
+
+    async def statuses() -> set[tuple[str, int]]:
+        pairs = [("alice", alice), ("bob", bob)] * 8  # several requests in each turn
+        resps = await asyncio.gather(*(chat.client.get("/api/v1/me", headers=h) for _, h in pairs))
+        return {(name, resp.status) for (name, _), resp in zip(pairs, resps, strict=True)}
+
+    assert await statuses() == {("alice", 200), ("bob", 200)}  # both now cached
+    done = await asyncio.to_thread(run_cli, "deluser", "alice", db=chat.services.store.path)
+    assert done.returncode == 0, done.stderr
+    assert await statuses() == {("alice", 401), ("bob", 200)}
+    # Signing out in this process holds for the very next lookup, in any turn.
+    store = chat.services.store
+    user = await store.user_by_name("bob")
+    assert user is not None
+    await store.create_session(user.id, b"s" * 32, "csrf", 3600)
+    assert await store.user_for_session(b"s" * 32) is not None
+    await store.delete_session(b"s" * 32)
+    assert await store.user_for_session(b"s" * 32) is None

@@ -36,8 +36,11 @@ class Renderer(Protocol):
     def online_fragment(self, names: list[str]) -> str: ...
 
 
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # built once
+
+
 def dumps(data: object) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    return _encode(data).encode()
 
 
 def event_frame(data: object) -> bytes:
@@ -96,8 +99,7 @@ class Live:
         """The message object of the contract as JSON text, encoded once per message."""
         text = self._json.get(message.id)
         if text is None:
-            text = self._json[message.id] = json.dumps(
-                message.to_json(), ensure_ascii=False, separators=(",", ":"))
+            text = self._json[message.id] = _encode(message.to_json())
             if len(self._json) > JSON_CACHE:
                 self._json.popitem(last=False)
         return text

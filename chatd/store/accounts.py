@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from chatd.errors import Conflict, NotFound
 from chatd.models import User
 from chatd.store.base import _USER, StoreBase, _bump_auth, _user
 from chatd.store.db import transaction
+
+T = TypeVar("T")
 
 SESSION_CACHE = 10_000
 
@@ -30,7 +35,7 @@ class AccountsStore(StoreBase):
                 _bump_auth(conn)
                 return _user(conn.execute(f"{_USER} WHERE id = ?", (cur.lastrowid,)).fetchone())
 
-        return await self._writer.run(op)
+        return await self._write_credentials(op)
 
     async def create_first_admin(self, setup_hash: str, username: str, password_hash: str) -> User:
         """Create the first account if the setup token matches and no account exists."""
@@ -116,7 +121,7 @@ class AccountsStore(StoreBase):
                 )
                 _bump_auth(conn)
 
-        await self._writer.run(op)
+        await self._write_credentials(op)
 
     async def deactivate_user(self, username: str) -> None:
         """Deactivate an account in one transaction; its messages stay."""
@@ -133,7 +138,7 @@ class AccountsStore(StoreBase):
                 conn.execute("DELETE FROM tokens WHERE user_id = ?", (row[0],))
                 _bump_auth(conn)
 
-        await self._writer.run(op)
+        await self._write_credentials(op)
 
     # -- sessions and tokens ------------------------------------------------
 
@@ -157,7 +162,7 @@ class AccountsStore(StoreBase):
                 conn.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
                 _bump_auth(conn)
 
-        await self._writer.run(op)
+        await self._write_credentials(op)
 
     async def user_for_session(self, token_hash: bytes) -> tuple[User, str] | None:
         """The session's user and CSRF token (cached; see `_credentials_current`)."""
@@ -213,6 +218,13 @@ class AccountsStore(StoreBase):
 
         return self._read(op)
 
+    async def _write_credentials(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a change that moves auth_version; this process's next lookup looks again,
+        in whatever turn of the loop it comes, so it sees the change."""
+        result = await self._writer.run(op)
+        self._auth_looked = False
+        return result
+
     def _credentials_current(self, conn: sqlite3.Connection) -> None:
         """Empty the session and token caches if a credential may have changed since.
 
@@ -222,7 +234,21 @@ class AccountsStore(StoreBase):
         PRAGMA data_version of the message-writing connection moves with every commit
         but its own message batches, and reading it costs no I/O. So a revocation holds
         from the next request on, and a busy chat does not cost each request a query.
+
+        One look per turn of the event loop: every request handled in a turn was read
+        from its socket before the turn began, so before this look, and a change that
+        finished before the request was sent is seen by it.
         """
+        if self._auth_looked:
+            return
+        self._look_at_credentials(conn)
+        self._auth_looked = True
+        asyncio.get_running_loop().call_soon(self._next_turn_looks)
+
+    def _next_turn_looks(self) -> None:
+        self._auth_looked = False
+
+    def _look_at_credentials(self, conn: sqlite3.Connection) -> None:
         watch = self._inline_writer
         if watch is not None:
             try:

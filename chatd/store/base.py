@@ -72,6 +72,7 @@ class StoreBase:
         self._tokens: dict[bytes, User] = {}
         self._auth_seen: str | None = None  # auth_version the two caches above belong to
         self._watch_seen: int | None = None  # see AccountsStore._credentials_current
+        self._auth_looked = False  # _credentials_current already ran in this turn of the loop
 
     def note_room(self, room: Room) -> None:
         """Record a new or changed room in the in-memory room table."""
