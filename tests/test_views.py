@@ -79,6 +79,10 @@ async def test_room_page_has_history_and_anchors(chat: Chat) -> None:
         assert [int(x) for x in re.findall(r'id="message-(\d+)"', part)] == ids[:10]
         assert "start of the conversation" in part
         assert (await bob.get("/r/general/history?before=abc")).status == 400
+        # The pages' own markup is ASCII (entities for the rest): one non-ASCII character
+        # makes Python hold the whole 36 KB page at two bytes a character, and encoding
+        # it to send costs 25x more (docs/performance.md).
+        assert html.isascii() and part.isascii()
 
 
 async def test_unknown_room_page_is_404_html(chat: Chat) -> None:
