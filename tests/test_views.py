@@ -65,6 +65,7 @@ async def test_room_page_has_history_and_anchors(chat: Chat) -> None:
     async with bob:
         resp = await bob.get("/")
         assert resp.url.path == "/r/general"
+        assert resp.headers["Content-Type"] == "text/html; charset=utf-8"
         html = await resp.text()
         shown = [int(x) for x in re.findall(r'id="message-(\d+)"', html)]
         assert shown == ids[-50:]
