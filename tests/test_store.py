@@ -265,10 +265,12 @@ async def test_one_batch_finds_every_retry_and_moves_every_read_mark(chat: Chat)
         services.chat.post_in(alice, general, "fresh", "c2"),
         services.chat.post_in(alice, general, "fresh", "c2"),  # a retry within the batch
         services.chat.post_in(bob, team, "in team", None),
+        services.chat.post_in(alice, general, "hello", "c1"),  # after "other": still the stored one
     )
     assert sum(services.hub.metrics.write_counts) == before + 1
     assert results[0] == (stored, False)
-    assert [created for _, created in results] == [False, True, True, True, True, False, True]
+    assert [created for _, created in results] == [False, True, True, True, True, False, True, False]
+    assert results[7] == (stored, False)
     assert results[5][0] == results[4][0]
     new_ids = [m.id for m, created in results if created]
     assert len(set(new_ids)) == 5 and stored.id not in new_ids

@@ -159,9 +159,9 @@ class MessageWriter:
         return await self._conn.run(_insert_batch, batch)
 
     async def _checkpoint(self) -> None:
-        """Copy the log into the database file, on the writer thread. Awaited by the
-        writer task, posts wait in the queue meanwhile, so no commit lands during it: it
-        completes, and the next commit starts the log over instead of growing it."""
+        """Copy the log into the database file, on the writer thread: the first pass as its
+        own task while commits go on, the second awaited by the writer task while posts
+        wait, so it completes and the next commit starts the log over (module docstring)."""
         try:
             await self._conn.run(_checkpoint)
         except (sqlite3.Error, ChatdError) as exc:  # the log keeps every commit; try again later
@@ -176,14 +176,16 @@ def _insert_batch(conn: sqlite3.Connection, batch: list[Pending]) -> list[tuple[
     results: list[tuple[Message, bool]] = []
     with transaction(conn):
         next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchone()[0]
-        rows, seen = [], {}
-        stored = _stored_retries(conn, batch)
+        rows: list[tuple[object, ...]] = []
+        known = _stored_retries(conn, batch)  # this batch's new messages join it as they come
         counts: dict[int, int] = {}  # room id -> message count so far
         last: dict[int, int] = {}  # room id -> newest message id
         marks: dict[tuple[int, int], tuple[Pending, int, int]] = {}  # posting reads the room
         for item in batch:
-            key = (item.author.id, item.client_id)
-            existing = _existing(item, seen.get(key), stored) if item.client_id else None
+            # The same author, client_id, room and body as a message stored or earlier in this
+            # batch is a retry of it; a reused client_id with another body or room is new.
+            key = (item.author.id, item.client_id, item.room.id, item.body)
+            existing = known.get(key) if item.client_id else None
             if existing is not None:
                 results.append((existing, False))
                 continue
@@ -196,7 +198,7 @@ def _insert_batch(conn: sqlite3.Connection, batch: list[Pending]) -> list[tuple[
                 next_id, room_id, item.room.slug, item.author.username, item.author.id,
                 item.body, item.html, item.created_at, item.client_id,
             )
-            seen[key] = message
+            known[key] = message
             rows.append((next_id, room_id, item.author.id, item.body, item.html,
                          item.created_at, item.client_id, counts[room_id]))
             last[room_id] = next_id
@@ -212,12 +214,12 @@ def _insert_batch(conn: sqlite3.Connection, batch: list[Pending]) -> list[tuple[
             "UPDATE rooms SET last_message_id = ?, message_count = ? WHERE id = ?",
             [(mid, counts[rid], rid) for rid, mid in last.items()],
         )
-        reads: dict[bool, list[tuple[int, int, int, int]]] = {True: [], False: []}
+        reads: dict[str, list[tuple[int, int, int, int]]] = {}
         for item, message_id, seq in marks.values():
-            reads[item.room.kind == "public"].append((item.room.id, item.author.id, message_id, seq))
-        for public, marks_ in reads.items():
-            if marks_:
-                conn.executemany(_READ_PUBLIC if public else _READ_MEMBER, marks_)
+            reads.setdefault(_read_mark_sql(item.room), []).append(
+                (item.room.id, item.author.id, message_id, seq))
+        for sql, params in reads.items():
+            conn.executemany(sql, params)
     return results
 
 
@@ -226,7 +228,7 @@ Retry = tuple[int, str | None, int, str]  # author id, client_id, room id, body
 
 def _stored_retries(conn: sqlite3.Connection, batch: list[Pending]) -> dict[Retry, Message]:
     """Messages already stored with the same author, client_id, room and body as one in the
-    batch (retries), newest of each, in one query for the whole batch."""
+    batch (what a retry of it would be), newest of each, in one query for the whole batch."""
     keys = {(i.author.id, i.client_id, i.room.id, i.body): i for i in batch if i.client_id}
     if not keys:
         return {}
@@ -246,17 +248,6 @@ def _stored_retries(conn: sqlite3.Connection, batch: list[Pending]) -> dict[Retr
     return found
 
 
-def _existing(item: Pending, in_batch: Message | None, stored: dict[Retry, Message]) -> Message | None:
-    """The same message already stored: same author, client_id, room and body (a retry).
-
-    A reused client_id with a different body or room is a new message, not a retry.
-    """
-    if in_batch is not None:
-        same = in_batch.room_id == item.room.id and in_batch.body == item.body
-        return in_batch if same else None
-    return stored.get((item.author.id, item.client_id, item.room.id, item.body))
-
-
 _READ_PUBLIC = (  # a public room gets a read-state row on the fly
     "INSERT INTO memberships (room_id, user_id, last_read_id, last_read_seq) VALUES (?1, ?2, ?3, ?4)"
     " ON CONFLICT (room_id, user_id) DO UPDATE SET"
@@ -269,6 +260,10 @@ _READ_MEMBER = (  # in a private room or DM a row is membership, which reading m
 )
 
 
+def _read_mark_sql(room: Room) -> str:
+    return _READ_PUBLIC if room.kind == "public" else _READ_MEMBER
+
+
 def advance_read_mark(conn: sqlite3.Connection, room: Room, user_id: int, message_id: int, seq: int) -> None:
     """Move a read mark forward, never back."""
-    conn.execute(_READ_PUBLIC if room.kind == "public" else _READ_MEMBER, (room.id, user_id, message_id, seq))
+    conn.execute(_read_mark_sql(room), (room.id, user_id, message_id, seq))
