@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = {
-    "fanout", "latency", "connections", "posts", "posts_http", "pages_room", "pages_history", "browser",
+    "fanout", "latency", "connections", "posts", "posts_http", "http_ceiling", "pages_room", "pages_history", "browser",
 }
 
 
