@@ -79,8 +79,9 @@ def main() -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TOML config file (env CHATD_CONFIG).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default=None, help="Log verbosity (default info).")
-@click.option("--behind-proxy", is_flag=True, default=None,
-              help="Trust X-Forwarded-For/Proto from trusted_proxies (default loopback).")
+@click.option("--behind-proxy/--no-behind-proxy", default=None,
+              help="Trust X-Forwarded-For/Proto from trusted_proxies (default loopback); "
+                   "--no-behind-proxy overrides a config file or CHATD_BEHIND_PROXY.")
 @click.option("--check", is_flag=True, help="Validate the configuration and database, then exit.")
 def serve(db: Path | None, host: str | None, port: int | None, config_file: Path | None,
           log_level: str | None, behind_proxy: bool | None, check: bool) -> None:
@@ -93,7 +94,8 @@ def serve(db: Path | None, host: str | None, port: int | None, config_file: Path
     configure_logging(config.log_level)
     if check:
         run(_check(config))
-        click.echo(f"Configuration OK: database {config.db}, listening on {config.host}:{config.port}.")
+        proxy = f"behind a proxy at {', '.join(config.trusted_proxies)}" if config.behind_proxy else "no proxy"
+        click.echo(f"Configuration OK: database {config.db}, listening on {config.host}:{config.port}, {proxy}.")
         return
     run(_serve(config))
 

@@ -134,6 +134,20 @@ def test_serve_check_validates_config(tmp_path: Path, db: Path) -> None:
     assert result.exit_code == 1
 
 
+def test_no_behind_proxy_overrides_the_file_and_the_environment(tmp_path: Path, db: Path) -> None:
+    file = tmp_path / "proxy.toml"
+    file.write_text("behind_proxy = true\ntrusted_proxies = ['10.0.0.1']\n")
+    result = cli(db, "serve", "--config", str(file), "--check")
+    assert result.exit_code == 0 and "behind a proxy at 10.0.0.1" in result.stdout
+    result = cli(db, "serve", "--config", str(file), "--no-behind-proxy", "--check")
+    assert result.exit_code == 0 and "no proxy" in result.stdout, result.output
+    result = CliRunner().invoke(main, ["serve", "--db", str(db), "--no-behind-proxy", "--check"],
+                                env={"CHATD_BEHIND_PROXY": "1"})
+    assert result.exit_code == 0 and "no proxy" in result.stdout, result.output
+    result = CliRunner().invoke(main, ["serve", "--db", str(db), "--behind-proxy", "--check"])
+    assert result.exit_code == 0 and "behind a proxy at 127.0.0.1" in result.stdout, result.output
+
+
 def test_unknown_command_is_usage_error(db: Path) -> None:
     result = CliRunner().invoke(main, ["frobnicate"])
     assert result.exit_code == 2
