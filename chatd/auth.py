@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp_jinja2
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import istr  # aiohttp's header keys
 
 from chatd import security
 from chatd.errors import BadInput, ChatdError, Forbidden, RateLimited, TooLarge, Unauthorized
@@ -26,20 +27,21 @@ log = logging.getLogger("chatd.http")
 
 SESSION_COOKIE = "chatd_session"
 FORM_COOKIE = "chatd_form"
-USER_KEY = web.RequestKey("chatd_user", object)
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
+# Case-insensitive keys made once: a response's headers would fold a plain str on every call.
 SECURITY_HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "X-Frame-Options": "DENY",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+    istr("Content-Security-Policy"): CSP,
+    istr("X-Content-Type-Options"): "nosniff",
+    istr("Referrer-Policy"): "same-origin",
+    istr("X-Frame-Options"): "DENY",
+    istr("Cross-Origin-Opener-Policy"): "same-origin",
+    istr("Permissions-Policy"): "camera=(), microphone=(), geolocation=()",
 }
+HSTS = istr("Strict-Transport-Security")
 
 _TITLES = {400: "Bad request", 401: "Sign in required", 403: "Not allowed", 404: "Not found",
            413: "Too large", 429: "Slow down", 500: "Server error", 503: "Unavailable"}
@@ -114,23 +116,15 @@ def is_loopback(request: web.Request) -> bool:
 
 
 async def identify(request: web.Request) -> tuple[User, Credential] | None:
-    """The user behind a bearer token or a session cookie, or None. Cached per request."""
-    if USER_KEY in request:
-        return request[USER_KEY]
+    """The user behind a bearer token or a session cookie, or None."""
     accounts = request.app[SERVICES].accounts
-    found = None
-    header = request.headers.get("Authorization", "")
+    header = request.headers.get(hdrs.AUTHORIZATION)
     if header:
         scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            found = await accounts.user_for_token(token.strip())
-        request[USER_KEY] = found
-        return found
+        token = token.strip()
+        return await accounts.user_for_token(token) if token and scheme.lower() == "bearer" else None
     cookie = request.cookies.get(SESSION_COOKIE)
-    if cookie:
-        found = await accounts.user_for_session(cookie)
-    request[USER_KEY] = found
-    return found
+    return await accounts.user_for_session(cookie) if cookie else None
 
 
 async def api_user(request: web.Request) -> User:
@@ -261,9 +255,12 @@ def _http_error(exc: web.HTTPException) -> ChatdError:
 
 
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    headers = response.headers
     for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
+        headers.setdefault(name, value)
     if is_https(request):
-        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
-    if not request.path.startswith("/static/") and "Cache-Control" not in response.headers:
-        response.headers["Cache-Control"] = "no-store"
+        headers.setdefault(HSTS, "max-age=31536000")
+    # raw_path: the decoded path is built on first use, which this check alone would pay for;
+    # a percent-encoded /static/ would only get no-store.
+    if hdrs.CACHE_CONTROL not in headers and not request.raw_path.startswith("/static/"):
+        headers[hdrs.CACHE_CONTROL] = "no-store"

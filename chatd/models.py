@@ -86,9 +86,8 @@ class Message(NamedTuple):
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Credential:
-    """What authenticated a request: a browser session or an API token."""
+class Credential(NamedTuple):
+    """What authenticated a request: a browser session or an API token (built per request)."""
 
     kind: Literal["session", "token"]
     token_hash: bytes

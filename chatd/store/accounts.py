@@ -166,27 +166,28 @@ class AccountsStore(StoreBase):
 
     async def user_for_session(self, token_hash: bytes) -> tuple[User, str] | None:
         """The session's user and CSRF token (cached; see `_credentials_current`)."""
+        if not self._auth_looked:
+            self._read(self._credentials_current)
+        now = time.time()
+        hit = self._sessions.get(token_hash)
+        if hit is not None and hit[2] > now:
+            return hit[0], hit[1]
+        return self._read(self._read_session, token_hash, now)
 
-        def op(conn: sqlite3.Connection) -> tuple[User, str] | None:
-            now = time.time()
-            self._credentials_current(conn)
-            hit = self._sessions.get(token_hash)
-            if hit is not None and hit[2] > now:
-                return hit[0], hit[1]
-            row = conn.execute(
-                "SELECT u.id, u.username, u.admin, u.active, s.csrf, s.expires_at FROM sessions s"
-                " JOIN users u ON u.id = s.user_id"
-                " WHERE s.token_hash = ? AND s.expires_at > ? AND u.active = 1",
-                (token_hash, now),
-            ).fetchone()
-            if row is None:
-                return None
-            if len(self._sessions) >= SESSION_CACHE:
-                self._sessions.clear()
-            self._sessions[token_hash] = (_user(row[:4]), row[4], row[5])
-            return self._sessions[token_hash][:2]
-
-        return self._read(op)
+    def _read_session(self, conn: sqlite3.Connection, token_hash: bytes, now: float) -> tuple[User, str] | None:
+        row = conn.execute(
+            "SELECT u.id, u.username, u.admin, u.active, s.csrf, s.expires_at FROM sessions s"
+            " JOIN users u ON u.id = s.user_id"
+            " WHERE s.token_hash = ? AND s.expires_at > ? AND u.active = 1",
+            (token_hash, now),
+        ).fetchone()
+        if row is None:
+            return None
+        if len(self._sessions) >= SESSION_CACHE:
+            self._sessions.clear()
+        user = _user(row[:4])
+        self._sessions[token_hash] = (user, row[4], row[5])
+        return user, row[4]
 
     async def create_token(self, user_id: int, token_hash: bytes, label: str) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -200,23 +201,22 @@ class AccountsStore(StoreBase):
 
     async def user_for_token(self, token_hash: bytes) -> User | None:
         """The token's user (cached; see `_credentials_current`)."""
+        if not self._auth_looked:
+            self._read(self._credentials_current)
+        user = self._tokens.get(token_hash)
+        return user if user is not None else self._read(self._read_token, token_hash)
 
-        def op(conn: sqlite3.Connection) -> User | None:
-            self._credentials_current(conn)
-            user = self._tokens.get(token_hash)
-            if user is None:
-                user = _user(conn.execute(
-                    "SELECT u.id, u.username, u.admin, u.active FROM tokens t"
-                    " JOIN users u ON u.id = t.user_id WHERE t.token_hash = ? AND u.active = 1",
-                    (token_hash,),
-                ).fetchone())
-                if user is not None:
-                    if len(self._tokens) >= SESSION_CACHE:
-                        self._tokens.clear()
-                    self._tokens[token_hash] = user
-            return user
-
-        return self._read(op)
+    def _read_token(self, conn: sqlite3.Connection, token_hash: bytes) -> User | None:
+        user = _user(conn.execute(
+            "SELECT u.id, u.username, u.admin, u.active FROM tokens t"
+            " JOIN users u ON u.id = t.user_id WHERE t.token_hash = ? AND u.active = 1",
+            (token_hash,),
+        ).fetchone())
+        if user is not None:
+            if len(self._tokens) >= SESSION_CACHE:
+                self._tokens.clear()
+            self._tokens[token_hash] = user
+        return user
 
     async def _write_credentials(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run a change that moves auth_version; this process's next lookup looks again,
