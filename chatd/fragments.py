@@ -21,9 +21,12 @@ def variant_for(message: Message, user: User) -> str:
     """mine, mention (the viewer is @mentioned) or other."""
     if message.author_id == user.id:
         return "mine"
-    if f'data-mention="{user.username}"' in message.html:
-        return "mention"
-    return "other"
+    return "mention" if mention_mark(user.username) in message.html else "other"
+
+
+def mention_mark(username: str) -> str:
+    """What a message's HTML holds where it @mentions this user (rules.render_body)."""
+    return f'data-mention="{username}"'
 
 
 def message_html(m: Message, variant: str) -> str:

@@ -86,6 +86,29 @@ async def test_room_page_has_history_and_anchors(chat: Chat) -> None:
         assert html.isascii() and part.isascii()
 
 
+async def test_room_page_marks_each_message_mine_mention_or_other_for_its_viewer(chat: Chat) -> None:
+    tokens = {name: await chat.bearer(name) for name in ("alice", "bob", "carol")}
+    await chat.services.live.refresh_users()  # as the auth watcher would within a second
+    ids = {}
+    for name, body in (("alice", "hi all"), ("bob", "hey @alice"), ("carol", "morning @bob"),
+                       ("alice", "@carol hello"), ("bob", "mail bob@example.org")):
+        resp = await chat.client.post("/api/v1/rooms/general/messages", json={"body": body},
+                                      headers=tokens[name])
+        ids.setdefault(name, []).append((await resp.json())["message"]["id"])
+
+    async def variants(viewer: str) -> dict[int, str]:
+        async with await chat.browser(viewer) as session:
+            html = await (await session.get("/r/general")).text()
+        return {int(i): v for v, i in re.findall(r'<article class="msg (\w+)" id="message-(\d+)"', html)}
+
+    a1, a2 = ids["alice"]
+    b1, b2 = ids["bob"]
+    (c1,) = ids["carol"]
+    assert await variants("alice") == {a1: "mine", b1: "mention", c1: "other", a2: "mine", b2: "other"}
+    assert await variants("bob") == {a1: "other", b1: "mine", c1: "mention", a2: "other", b2: "mine"}
+    assert await variants("carol") == {a1: "other", b1: "other", c1: "mine", a2: "mention", b2: "other"}
+
+
 async def test_unknown_room_page_is_404_html(chat: Chat) -> None:
     await chat.user("alice")
     session = await chat.browser("alice")
