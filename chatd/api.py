@@ -53,8 +53,8 @@ async def get_messages(request: web.Request) -> web.Response:
     _, messages = await services.chat.history(
         user, request.match_info["slug"], q.get("before"), q.get("after"), q.get("limit")
     )
-    body = ",".join(services.live.message_json(m) for m in messages)
-    return web.Response(text=f'{{"messages":[{body}]}}', content_type="application/json")
+    return web.Response(text=f'{{"messages":{services.live.messages_json(messages)}}}',
+                        content_type="application/json")
 
 
 @routes.post("/api/v1/rooms/{slug}/messages")

@@ -104,6 +104,11 @@ class Live:
                 self._json.popitem(last=False)
         return text
 
+    def messages_json(self, messages: list[Message]) -> str:
+        """A JSON array of these messages, each encoded once (one call for a whole page)."""
+        cache = self._json
+        return "[" + ",".join([cache.get(m.id) or self.message_json(m) for m in messages]) + "]"
+
     def _build(self, message: Message, form: str) -> bytes:
         if form == "stream":
             return f'{{"type":"message","message":{self.message_json(message)}}}'.encode()
