@@ -9,10 +9,13 @@ that differ in their system calls. Needs valgrind (`apt-get install valgrind`).
     python bench/instructions.py --workload post           # chatd, HTTP posts
     python bench/instructions.py --workload page           # chatd, room pages (session cookie)
     python bench/instructions.py --workload post --server bare   # aiohttp answering, storing nothing
+    python bench/instructions.py --workload deliver        # one message at a time to 200 streams
 
 The server runs under callgrind (about 50 times slower), 16 keep-alive clients send the
 requests, and only the measured window is counted: after a warm-up, with the counters
-zeroed, until the last answer.
+zeroed, until the last answer. `deliver` is the latency workload's shape: 200 event-stream
+subscribers, one message sent at a time (its own commit), each received by every subscriber
+before the next; it reports instructions per delivery.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ SEED_ROUNDS = 15  # 240 messages before a page workload, so a room page shows a 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", choices=("post", "page", "history"), default="post")
+    parser.add_argument("--workload", choices=("post", "page", "history", "deliver"), default="post")
     parser.add_argument("--server", choices=("chatd", "bare", "sqlite"), default="chatd",
                         help="chatd, or a reference server of bench/refserver.py (post only)")
     parser.add_argument("--requests", type=int, default=800, help="requests counted (default 800)")
@@ -49,7 +52,8 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="chatd-instructions-") as tmp:
         per_request = measure(Path(tmp), args.server, args.workload, max(CLIENTS, args.requests))
-    print(f"{args.server} {args.workload}: {per_request:,.0f} instructions per request")
+    unit = "delivery" if args.workload == "deliver" else "request"
+    print(f"{args.server} {args.workload}: {per_request:,.0f} instructions per {unit}")
     return 0
 
 
@@ -68,7 +72,10 @@ def measure(workdir: Path, kind: str, workload: str, requests: int) -> float:
     server = harness.ServerProcess([*valgrind, *argv], f"{kind} under callgrind", None,
                                    workdir / "server.log", env).start(timeout=300)
     try:
-        counted = asyncio.run(_drive(server, template.tokens, template.sessions, workload, requests))
+        if workload == "deliver":
+            counted = asyncio.run(_deliver(server, template.tokens, requests))
+        else:
+            counted = asyncio.run(_drive(server, template.tokens, template.sessions, workload, requests))
     finally:
         server.stop(timeout=120)
     return _total(workdir, out.name) / counted
@@ -119,6 +126,55 @@ async def _drive(server: harness.ServerProcess, tokens: list[str], sessions: lis
     finally:
         for conn in conns:
             conn.close()
+
+
+SUBSCRIBERS = 200
+
+
+async def _deliver(server: harness.ServerProcess, tokens: list[str], deliveries: int) -> int:
+    """Messages sent one at a time from the first socket, each awaited on every socket."""
+    import aiohttp
+
+    received = [0] * SUBSCRIBERS
+    arrived = asyncio.Event()
+
+    async def read(i: int, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT and msg.data.startswith('{"type":"message"'):
+                received[i] += 1
+                arrived.set()
+
+    async def send_one(k: int) -> None:
+        await sockets[0].send_str(json.dumps(
+            {"type": "send", "room": "general", "body": f"message {k} to everyone", "client_id": f"d{k}"}))
+        while min(received) < k:
+            arrived.clear()
+            await arrived.wait()
+
+    url = server.url.replace("http", "ws", 1) + "/api/v1/stream"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        sockets = [await session.ws_connect(url, headers={"Authorization": f"Bearer {tokens[i % len(tokens)]}"})
+                   for i in range(SUBSCRIBERS)]
+        readers = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(sockets)]
+        k = 0
+        for _ in range(20):  # warm-up
+            k += 1
+            await send_one(k)
+        _control("-i", "on", server.pid)
+        for _ in range(4):
+            k += 1
+            await send_one(k)
+        _control("-z", None, server.pid)
+        messages = max(1, deliveries // SUBSCRIBERS)
+        for _ in range(messages):
+            k += 1
+            await send_one(k)
+        _control("-d", "window", server.pid)
+        for ws in sockets:
+            await ws.close()
+        for task in readers:
+            task.cancel()
+    return messages * SUBSCRIBERS
 
 
 def _control(option: str, value: str | None, pid: int) -> None:
