@@ -207,13 +207,18 @@ class Hub:
         A batch of several messages goes to each socket as one write."""
         if len(envelopes) == 1:
             env = envelopes[0]
+            stream = None  # the same bytes for every event-stream socket, looked up once
             for conn in self.readers(env.room_id):
-                data = self._frame_for(env, conn)
-                if data is not None:
-                    if conn.held is not None:
-                        conn.held.append((env.message_id, data))
-                    else:
-                        self.write(conn, data, 1)
+                if conn.kind == "stream":
+                    data = stream = stream or env.frame("stream")
+                else:
+                    data = self._frame_for(env, conn)
+                    if data is None:
+                        continue
+                if conn.held is not None:
+                    conn.held.append((env.message_id, data))
+                else:
+                    self.write(conn, data, 1)
             return
         outgoing: dict[Conn, list[bytes]] = {}
         for env in envelopes:
@@ -248,12 +253,13 @@ class Hub:
                 self.write(conn, data, 1)
 
     def write(self, conn: Conn, data: bytes, count: int) -> None:
-        if not conn.open:
+        transport = conn.transport  # Conn.open, spelled out: this runs once per delivery
+        if conn.dropped or conn.closing or conn.ws.closed or transport.is_closing():
             return
-        if conn.transport.get_write_buffer_size() > self.limit:
+        if transport.get_write_buffer_size() > self.limit:
             self.drop(conn)
             return
-        conn.transport.write(data)
+        transport.write(data)
         self.metrics.deliveries += count
 
     def drop(self, conn: Conn) -> None:
