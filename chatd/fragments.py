@@ -19,14 +19,13 @@ from chatd.models import Message, RoomState, User, rfc3339
 
 def variant_for(message: Message, user: User) -> str:
     """mine, mention (the viewer is @mentioned) or other."""
-    if message.author_id == user.id:
-        return "mine"
-    return "mention" if mention_mark(user.username) in message.html else "other"
+    return variants([message], user)[0]
 
 
-def mention_mark(username: str) -> str:
-    """What a message's HTML holds where it @mentions this user (rules.render_body)."""
-    return f'data-mention="{username}"'
+def variants(messages: list[Message], user: User) -> list[str]:
+    """variant_for of each message, for one viewer: a page of them in one call."""
+    uid, mark = user.id, f'data-mention="{user.username}"'  # as rules.render_body marks a mention
+    return ["mine" if m.author_id == uid else "mention" if mark in m.html else "other" for m in messages]
 
 
 def message_html(m: Message, variant: str) -> str:
