@@ -30,6 +30,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 from httpclient import HttpConnection, open_connection  # noqa: E402
@@ -60,17 +62,15 @@ def main() -> int:
 def measure(workdir: Path, kind: str, workload: str, requests: int) -> float:
     template = harness.build_template(workdir, CLIENTS, workdir / "template.log")
     out = workdir / "callgrind.out"
+    log = workdir / "server.log"
     if kind == "chatd":
-        db = template.copy_to(workdir / "chatd.db")
-        argv, env = [*harness.chatd_command(), "serve", "--db", str(db), "--port", "0"], harness.CHATD_ENV
+        server = harness.chatd_server(template.copy_to(workdir / "chatd.db"), None, log)
     else:
-        refserver = str(harness.BENCH_DIR / "refserver.py")
-        argv, env = [sys.executable, refserver, "--mode", kind, "--port", "0"], {}
-        if kind == "sqlite":
-            argv += ["--db", str(workdir / "reference.db")]
-    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
-    server = harness.ServerProcess([*valgrind, *argv], f"{kind} under callgrind", None,
-                                   workdir / "server.log", env).start(timeout=300)
+        server = harness.reference_server(kind, workdir, None, "asyncio")
+    # The same process the benchmark starts, under callgrind.
+    server.argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+                   *server.argv]
+    server.start(timeout=300)
     try:
         if workload == "deliver":
             counted = asyncio.run(_deliver(server, template.tokens, requests))
@@ -133,8 +133,6 @@ SUBSCRIBERS = 200
 
 async def _deliver(server: harness.ServerProcess, tokens: list[str], deliveries: int) -> int:
     """Messages sent one at a time from the first socket, each awaited on every socket."""
-    import aiohttp
-
     received = [0] * SUBSCRIBERS
     arrived = asyncio.Event()
 
