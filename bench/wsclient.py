@@ -67,12 +67,12 @@ class PicowsBackend(Backend):
 
             def __init__(self, sink: Sink, index: int) -> None:
                 self.sink, self.index = sink, index
-                self.closing = False
+                self.on_text = sink.on_text  # once per socket, not once per frame
 
             def on_ws_frame(self, transport: Any, frame: Any) -> None:
                 kind = frame.msg_type
                 if kind is text:
-                    self.sink.on_text(self.index, frame.get_payload_as_bytes())
+                    self.on_text(self.index, frame.get_payload_as_bytes())
                 elif kind is close:
                     transport.send_close(frame.get_close_code(), frame.get_close_message())
                     transport.disconnect()

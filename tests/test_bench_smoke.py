@@ -30,3 +30,34 @@ def test_bench_smoke_runs_every_workload_without_loss() -> None:
         assert line["ok"] is True, line
         assert line["chatd"] is not None and line["reference"] is not None, line
         assert {"ratio", "target", "pass", "server_cpu", "loadgen_cpu"} <= line.keys()
+
+
+def _frame(message_id: int, client_id: str) -> bytes:
+    return json.dumps({"type": "message", "message": {"id": message_id, "client_id": client_id}},
+                      separators=(",", ":")).encode()
+
+
+def test_latency_run_reads_frames_after_the_run_and_still_counts_every_loss_and_duplicate() -> None:
+    """The latency workload keeps raw frames while messages arrive and reads them at the end:
+    a missed, repeated or reordered delivery must still fail the run."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import loadgen
+
+    run = loadgen.LatencyRun({"subscribers": 3, "senders": 1, "protocol": "stream"})
+    run.on_text(0, b'{"type":"presence","user":"ann"}')  # before the first send: not counted
+    run.start()
+    run.sent_at = {b"a": 0.0, b"b": 0.0, b"c": 0.0}
+    for mid, cid in ((1, "a"), (2, "b"), (3, "c")):
+        run.on_text(0, _frame(mid, cid))
+    for mid in (1, 3):  # socket 1 misses message 2
+        run.on_text(1, _frame(mid, "x"))
+    for mid in (1, 2, 2, 3):  # socket 2 gets message 2 twice
+        run.on_text(2, _frame(mid, "x"))
+    assert run.acked(3) is True and run.ack_id == {b"a": 1, b"b": 2, b"c": 3}
+    assert run.arrived(3) is False  # socket 1 has only two frames
+    assert run.drained(3) is False
+    assert (run.lost(3), run.extra(3), run.duplicates) == (1, 1, 1)
+    run.on_text(1, b'{"type":"error","code":"x","message":"y","client_id":null}')
+    assert run.arrived(3) is True  # three frames, but one is not a message
+    assert run.drained(3) is False and run.error_count == 1
+    assert list(run.ids[0]) == [1, 2, 3] and len(run.times[0]) == 3
