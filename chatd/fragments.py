@@ -41,6 +41,15 @@ def message_html(m: Message, variant: str) -> str:
     )
 
 
+def older_html(slug: str, more: bool, first_id: int | None) -> str:
+    """Above a page of messages: the infinite-scroll sentinel for the page before it, or the
+    start of the conversation."""
+    if not more:
+        return '<div class="older start">This is the start of the conversation.</div>'
+    return (f'<div id="older" class="older" hx-get="/r/{html.escape(slug)}/history?before={first_id}"'
+            ' hx-trigger="intersect once" hx-swap="outerHTML"><span>Loading older messages&hellip;</span></div>')
+
+
 def room_items_html(states: Iterable[RoomState], current_id: int | None) -> Markup:
     """Sidebar entries with their unread badges (empty for the room on screen).
 

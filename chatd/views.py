@@ -76,7 +76,7 @@ class HtmlRenderer:
         self._cache: OrderedDict[tuple[int, str], str] = OrderedDict()
         # (user id, room id) -> (store epoch, room list HTML, DM list HTML)
         self.sidebars: dict[tuple[int, int], tuple[int, Markup, Markup]] = {}
-        env.globals["messages_html"] = self.messages_html
+        env.globals["history_html"] = self.history_html
 
     def message_fragment(self, message: Message, variant: str) -> str:
         key = (message.id, variant)
@@ -87,11 +87,14 @@ class HtmlRenderer:
                 self._cache.popitem(last=False)
         return html
 
-    def messages_html(self, messages: list[Message], viewer: User) -> Markup:
-        """A page of messages as this viewer sees them: the cache read inline, since a call
-        per message was a measurable share of a room page (docs/performance.md)."""
+    def history_html(self, room: Room, messages: list[Message], more: bool, viewer: User) -> Markup:
+        """A page of messages as this viewer sees them, under its infinite-scroll sentinel: the
+        room page's and the history partial's. One join, and the cache read inline: a call
+        per message, or a copy of the page's HTML, was a measurable share of a room page
+        (docs/performance.md)."""
+        older = fragments.older_html(room.slug, more, messages[0].id if messages else None)
         cache, shown = self._cache, zip(messages, fragments.variants(messages, viewer), strict=True)
-        return Markup("\n".join([cache.get((m.id, v)) or self.message_fragment(m, v) for m, v in shown]))
+        return Markup("\n".join([older, *[cache.get((m.id, v)) or self.message_fragment(m, v) for m, v in shown]]))
 
     def variant_for(self, message: Message, user: User) -> str:
         return fragments.variant_for(message, user)
