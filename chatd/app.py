@@ -12,6 +12,7 @@ from chatd import api, views
 from chatd.auth import add_security_headers, errors_middleware
 from chatd.config import Config
 from chatd.hub import Hub
+from chatd.render import HtmlRenderer
 from chatd.services import Services
 from chatd.state import CONFIG, HUB, RENDERER, SERVICES, SETUP_TOKEN, STORE
 from chatd.store import Store
@@ -34,10 +35,9 @@ def create_app(config: Config) -> web.Application:
     )
     app[CONFIG] = config
     app[SETUP_TOKEN] = [None]
-    env = views.setup_templates(app, str(resource_dir("templates")))
     app[HUB] = Hub(config.send_buffer_bytes)
     app[STORE] = Store(config.db, config.sync)
-    app[RENDERER] = views.HtmlRenderer(env)
+    app[RENDERER] = HtmlRenderer(str(resource_dir("templates")))
     app[SERVICES] = Services(config, app[STORE], app[HUB], app[RENDERER])
     app.add_routes(views.routes)
     app.add_routes(api.routes)

@@ -14,14 +14,13 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp_jinja2
 from aiohttp import hdrs, web
 from multidict import istr  # aiohttp's header keys
 
 from chatd import security
 from chatd.errors import BadInput, ChatdError, Forbidden, RateLimited, TooLarge, Unauthorized
 from chatd.models import Credential, User
-from chatd.state import CONFIG, SERVICES
+from chatd.state import CONFIG, RENDERER, SERVICES
 
 log = logging.getLogger("chatd.http")
 
@@ -219,10 +218,8 @@ def error_response(request: web.Request, error: ChatdError) -> web.StreamRespons
     if wants_json(request):
         response = web.json_response(error.to_json(), status=error.status)
     else:
-        response = aiohttp_jinja2.render_template(
-            "error.html", request, {"error": error, "title": _TITLES.get(error.status, "Error")},
-            status=error.status,
-        )
+        response = request.app[RENDERER].page(
+            "error.html", {"error": error, "title": _TITLES.get(error.status, "Error")}, error.status)
     if isinstance(error, RateLimited):
         response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
     return response

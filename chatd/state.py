@@ -6,6 +6,7 @@ from aiohttp import web
 
 from chatd.config import Config
 from chatd.hub import Hub
+from chatd.render import HtmlRenderer
 from chatd.services import Services
 from chatd.store import Store
 
@@ -14,4 +15,4 @@ STORE = web.AppKey("store", Store)
 HUB = web.AppKey("hub", Hub)
 SERVICES = web.AppKey("services", Services)
 SETUP_TOKEN = web.AppKey("setup_token", list)  # [token or None], filled at startup
-RENDERER = web.AppKey("renderer", object)  # views.HtmlRenderer (state cannot import views)
+RENDERER = web.AppKey("renderer", HtmlRenderer)

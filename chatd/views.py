@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import aiohttp_jinja2
-import jinja2
 from aiohttp import web
 from markupsafe import Markup
 
@@ -30,15 +27,13 @@ from chatd.auth import (
 from chatd.errors import BadInput, ChatdError, Forbidden, RateLimited, Unauthorized
 from chatd.hub import Conn
 from chatd.metrics import render_metrics
-from chatd.models import Message, Room, User
+from chatd.models import Room, User
 from chatd.services import Services, parse_int
 from chatd.sockets import open_socket, run_socket
 from chatd.state import CONFIG, RENDERER, SERVICES, STORE
 
 log = logging.getLogger("chatd.views")
 routes = web.RouteTableDef()
-ONLINE_SHOWN = 100
-HTML_CACHE = 40_000
 SIDEBAR_CACHE = 10_000
 
 
@@ -66,51 +61,8 @@ async def page_user(request: web.Request) -> tuple[User, Any]:
     return found
 
 
-# -- rendering ------------------------------------------------------------------------------
-
-
-class HtmlRenderer:
-    """Message and presence HTML for pages and browser tabs, each message rendered once per variant."""
-
-    def __init__(self, env: jinja2.Environment) -> None:
-        self._cache: OrderedDict[tuple[int, str], str] = OrderedDict()
-        # (user id, room id) -> (store epoch, room list HTML, DM list HTML)
-        self.sidebars: dict[tuple[int, int], tuple[int, Markup, Markup]] = {}
-        env.globals["history_html"] = self.history_html
-
-    def message_fragment(self, message: Message, variant: str) -> str:
-        key = (message.id, variant)
-        html = self._cache.get(key)
-        if html is None:
-            html = self._cache[key] = fragments.message_html(message, variant)
-            if len(self._cache) > HTML_CACHE:
-                self._cache.popitem(last=False)
-        return html
-
-    def history_html(self, room: Room, messages: list[Message], more: bool, viewer: User) -> Markup:
-        """A page of messages as this viewer sees them, under its infinite-scroll sentinel: the
-        room page's and the history partial's. One join, and the cache read inline: a call
-        per message, or a copy of the page's HTML, was a measurable share of a room page
-        (docs/performance.md)."""
-        older = fragments.older_html(room.slug, more, messages[0].id if messages else None)
-        cache, shown = self._cache, zip(messages, fragments.variants(messages, viewer), strict=True)
-        return Markup("\n".join([older, *[cache.get((m.id, v)) or self.message_fragment(m, v) for m, v in shown]]))
-
-    def variant_for(self, message: Message, user: User) -> str:
-        return fragments.variant_for(message, user)
-
-    def online_fragment(self, names: list[str]) -> str:
-        return fragments.online_html(names, oob=True, shown=ONLINE_SHOWN)
-
-
-def setup_templates(app: web.Application, path: str) -> jinja2.Environment:
-    env = aiohttp_jinja2.setup(
-        app, loader=jinja2.FileSystemLoader(path), autoescape=jinja2.select_autoescape(default=True),
-        trim_blocks=True, lstrip_blocks=True,
-        auto_reload=False,  # templates ship in the package; no stat() per include per request
-    )
-    env.globals["online_html"] = fragments.online_html
-    return env
+def _page(request: web.Request, name: str, ctx: dict[str, Any], status: int = 200) -> web.Response:
+    return request.app[RENDERER].page(name, ctx, status)
 
 
 # -- sign-in, sign-out, first-run setup ----------------------------------------------------------
@@ -119,7 +71,7 @@ def setup_templates(app: web.Application, path: str) -> jinja2.Environment:
 def _form_page(request: web.Request, template: str, ctx: dict[str, Any], status: int = 200) -> web.Response:
     cookies: dict[str, str] = {}
     ctx["csrf"] = form_token(request, cookies)
-    response = aiohttp_jinja2.render_template(template, request, ctx, status=status)
+    response = _page(request, template, ctx, status)
     if FORM_COOKIE in cookies:
         set_form_cookie(response, request, cookies[FORM_COOKIE])
     return response
@@ -229,7 +181,7 @@ async def _room_page(request: web.Request, user: User, credential: Any, room: Ro
         "online": sorted(set(services.live.online_in(room.id)) | {user.username}), "peer": _peer(room, user),
         "last_id": messages[-1].id if messages else 0,
     }
-    return aiohttp_jinja2.render_template("room.html", request, ctx)
+    return _page(request, "room.html", ctx)
 
 
 async def _sidebar(request: web.Request, user: User, room: Room) -> tuple[Markup, Markup]:
@@ -283,15 +235,13 @@ async def history(request: web.Request) -> web.Response:
         user, request.match_info["slug"], before=request.query.get("before"), limit=page
     )
     ctx = {"me": user, "room": room, "messages": messages, "more": len(messages) == page}
-    return aiohttp_jinja2.render_template("_history.html", request, ctx)
+    return _page(request, "_history.html", ctx)
 
 
 @routes.get("/rooms/new")
 async def new_room_form(request: web.Request) -> web.Response:
     user, credential = await page_user(request)
-    return aiohttp_jinja2.render_template(
-        "new_room.html", request, {"me": user, "csrf": credential.csrf, "title": "New room"}
-    )
+    return _page(request, "new_room.html", {"me": user, "csrf": credential.csrf, "title": "New room"})
 
 
 @routes.post("/rooms/new")
@@ -309,7 +259,7 @@ async def new_room(request: web.Request) -> web.Response:
         ctx = {"me": user, "csrf": credential.csrf, "error": exc.message, "title": "New room",
                "slug": str(form.get("slug", ""))[:64], "name": str(form.get("name", ""))[:80],
                "private": form.get("private") == "on"}
-        return aiohttp_jinja2.render_template("new_room.html", request, ctx, status=exc.status)
+        return _page(request, "new_room.html", ctx, exc.status)
     raise web.HTTPSeeOther(f"/r/{room.slug}")
 
 
@@ -319,7 +269,7 @@ async def members_page(request: web.Request) -> web.Response:
     room, names = await _svc(request).chat.members(user, request.match_info["slug"])
     ctx = {"me": user, "room": room, "members": names, "csrf": credential.csrf,
            "title": f"Members of #{room.name}", "error": request.query.get("error", "")[:200]}
-    return aiohttp_jinja2.render_template("members.html", request, ctx)
+    return _page(request, "members.html", ctx)
 
 
 @routes.post("/r/{slug}/members")
@@ -355,7 +305,7 @@ async def admin_page(request: web.Request) -> web.Response:
         raise Forbidden("only administrators can see this page")
     rooms = await request.app[STORE].all_rooms()
     ctx = {"me": user, "rooms": rooms, "csrf": credential.csrf, "title": "Administration"}
-    return aiohttp_jinja2.render_template("admin.html", request, ctx)
+    return _page(request, "admin.html", ctx)
 
 
 @routes.get("/healthz")

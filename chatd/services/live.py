@@ -27,7 +27,7 @@ JSON_CACHE = 20_000
 
 
 class Renderer(Protocol):
-    """HTML for browser tabs; views provide it (services never import views)."""
+    """HTML for browser tabs: chatd.render.HtmlRenderer."""
 
     def message_fragment(self, message: Message, variant: str) -> str: ...
 

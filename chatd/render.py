@@ -1,0 +1,67 @@
+"""HTML for pages and browser tabs: templates rendered into responses, and the cached message
+fragments every page and socket shares (each message rendered once per variant)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import jinja2
+from aiohttp import web
+from markupsafe import Markup
+
+from chatd import fragments
+from chatd.models import Message, Room, User
+
+ONLINE_SHOWN = 100
+HTML_CACHE = 40_000
+
+
+class HtmlRenderer:
+    """Renders the templates in `path` (autoescaped) and keeps each message's HTML per variant."""
+
+    def __init__(self, path: str) -> None:
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(path), autoescape=jinja2.select_autoescape(default=True),
+            trim_blocks=True, lstrip_blocks=True,
+            auto_reload=False,  # templates ship in the package; no stat() per include per request
+        )
+        self.env.globals["online_html"] = fragments.online_html
+        self.env.globals["history_html"] = self.history_html
+        self._templates: dict[str, jinja2.Template] = {}
+        self._cache: OrderedDict[tuple[int, str], str] = OrderedDict()
+        # (user id, room id) -> (store epoch, room list HTML, DM list HTML)
+        self.sidebars: dict[tuple[int, int], tuple[int, Markup, Markup]] = {}
+
+    def page(self, name: str, ctx: dict[str, Any], status: int = 200) -> web.Response:
+        """A template as a text/html response. Each template is looked up once, and the response
+        built in one call: aiohttp_jinja2's render_template, which did both per request (and
+        set the content type twice), was 7% of a room page (docs/performance.md)."""
+        template = self._templates.get(name)
+        if template is None:
+            template = self._templates[name] = self.env.get_template(name)
+        return web.Response(text=template.render(ctx), content_type="text/html", status=status)
+
+    def message_fragment(self, message: Message, variant: str) -> str:
+        key = (message.id, variant)
+        html = self._cache.get(key)
+        if html is None:
+            html = self._cache[key] = fragments.message_html(message, variant)
+            if len(self._cache) > HTML_CACHE:
+                self._cache.popitem(last=False)
+        return html
+
+    def history_html(self, room: Room, messages: list[Message], more: bool, viewer: User) -> Markup:
+        """A page of messages as this viewer sees them, under its infinite-scroll sentinel: the
+        room page's and the history partial's. One join, and the cache read inline: a call
+        per message, or a copy of the page's HTML, was a measurable share of a room page
+        (docs/performance.md)."""
+        older = fragments.older_html(room.slug, more, messages[0].id if messages else None)
+        cache, shown = self._cache, zip(messages, fragments.variants(messages, viewer), strict=True)
+        return Markup("\n".join([older, *[cache.get((m.id, v)) or self.message_fragment(m, v) for m, v in shown]]))
+
+    def variant_for(self, message: Message, user: User) -> str:
+        return fragments.variant_for(message, user)
+
+    def online_fragment(self, names: list[str]) -> str:
+        return fragments.online_html(names, oob=True, shown=ONLINE_SHOWN)
