@@ -164,6 +164,16 @@ async def test_security_headers_on_pages_static_errors_and_api(chat: Chat) -> No
             ), f"{what}: Referrer-Policy {resp.headers.get('Referrer-Policy')!r}"
             # Over plain http there is no HSTS (it would be ignored, and wrong behind no TLS).
             assert "Strict-Transport-Security" not in resp.headers, what
+        # JSON is never a document: API responses get a policy that allows nothing at all,
+        # and pages the document policies besides.
+        for what in ("/api/v1/me 401", "/api/v1/me 200"):
+            csp = parse_csp(responses[what].headers["Content-Security-Policy"])
+            assert csp == {"default-src": ["'none'"], "frame-ancestors": ["'none'"]}, what
+            assert responses[what].headers["Cache-Control"] == "no-store", what
+        for what in ("/login (signed out)", "/r/general", "404 page"):
+            assert responses[what].headers.get("X-Frame-Options") == "DENY", what
+            assert responses[what].headers.get("Cross-Origin-Opener-Policy") == "same-origin", what
+            assert "camera=()" in responses[what].headers.get("Permissions-Policy", ""), what
         # The pages work under that policy: nothing inline that the CSP would block.
         for what in ("/login (signed out)", "/r/general", "/rooms/new", "404 page"):
             finder = _Inline()
