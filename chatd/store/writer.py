@@ -65,6 +65,9 @@ class MessageWriter:
         self._pending: list[Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Made on the loop it writes for; asking asyncio.get_running_loop() per post would
+        # ask the kernel for the process id each time.
+        self._loop = asyncio.get_running_loop()
         self._closing = False
         self._since_checkpoint = 0
         self._copying: asyncio.Task[None] | None = None  # the first checkpoint pass, if running
@@ -86,7 +89,7 @@ class MessageWriter:
         """Queue one message; returns (message, created) after its commit."""
         if self._closing:
             raise StorageUnavailable("the server is shutting down; send again in a moment")
-        future: asyncio.Future[tuple[Message, bool]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[Message, bool]] = self._loop.create_future()
         self._pending.append(Pending(room, author, body, html, client_id, time.time(), future))
         self._wake.set()
         return await future
