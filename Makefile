@@ -16,7 +16,7 @@ install: $(BIN)/python
 	$(BIN)/pip install --quiet ".[test]"
 
 run: $(BIN)/python
-	$(BIN)/pip install --quiet .
+	$(BIN)/pip install --quiet ".[uvloop]"
 	$(BIN)/chatd serve --db $(DB)
 
 chromium:
@@ -31,7 +31,7 @@ test-fast: install
 	$(BIN)/pytest -q -p no:cacheprovider -m "not browser"
 
 bench: $(BIN)/python
-	$(BIN)/pip install --quiet . -r bench/requirements.txt
+	$(BIN)/pip install --quiet ".[uvloop]" -r bench/requirements.txt
 	$(BIN)/python bench/run.py
 
 lint: $(BIN)/python

@@ -29,10 +29,11 @@ db_option = click.option(
 )
 
 
-def run(coro: Awaitable[T]) -> T:
+def run(coro: Awaitable[T], loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> T:
     """Run a coroutine; domain errors become one sentence on stderr and exit 1."""
     try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(coro)  # type: ignore[arg-type]
     except ChatdError as exc:
         raise click.ClickException(_sentence(exc.message)) from None
     except OSError as exc:
@@ -92,12 +93,34 @@ def serve(db: Path | None, host: str | None, port: int | None, config_file: Path
     except ChatdError as exc:
         raise click.ClickException(_sentence(exc.message)) from None
     configure_logging(config.log_level)
+    try:
+        loop_name, factory = event_loop(config.event_loop)
+    except ChatdError as exc:
+        raise click.ClickException(_sentence(exc.message)) from None
     if check:
         run(_check(config))
         proxy = f"behind a proxy at {', '.join(config.trusted_proxies)}" if config.behind_proxy else "no proxy"
-        click.echo(f"Configuration OK: database {config.db}, listening on {config.host}:{config.port}, {proxy}.")
+        click.echo(f"Configuration OK: database {config.db}, listening on {config.host}:{config.port}, {proxy}, "
+                   f"event loop {loop_name}.")
         return
-    run(_serve(config))
+    run(_serve(config, loop_name), factory)
+
+
+def event_loop(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]:
+    """The loop `chatd serve` runs on: uvloop's when asked for or, with "auto", installed.
+
+    uvloop runs the same code with about a third fewer instructions per socket write and
+    a tenth fewer per HTTP post (docs/performance.md); asyncio's own loop is the fallback."""
+    if choice == "asyncio":
+        return "asyncio", None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ChatdError("the event_loop setting is uvloop, but uvloop is not installed "
+                             "(pip install 'chatd[uvloop]')") from None
+        return "asyncio", None
+    return "uvloop", uvloop.new_event_loop
 
 
 async def _check(config: Config) -> None:
@@ -124,7 +147,7 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, loop_name: str) -> None:
     from chatd.app import create_app
     from chatd.state import SETUP_TOKEN
 
@@ -147,6 +170,7 @@ async def _serve(config: Config) -> None:
     host = config.host if ":" not in config.host else f"[{config.host}]"
     url = f"http://{host}:{sock.getsockname()[1]}"
     click.echo(f"chatd {__version__} listening on {url}")
+    log.info("event=started url=%s loop=%s", url, loop_name)
     token = app[SETUP_TOKEN][0]
     if token:
         click.echo(f"No accounts yet. Create the first admin account at: {url}/setup?token={token}")

@@ -20,6 +20,7 @@ from chatd.errors import BadInput
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SYNC_MODES = ("normal", "full")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class Config:
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     # SQLite synchronous mode: "normal" survives a process crash, "full" a power cut too.
     sync: str = "normal"
+    # "auto": uvloop when it is installed (pip install 'chatd[uvloop]'), else asyncio's own.
+    event_loop: str = "auto"
     session_days: int = 30
     history_page: int = 50
     login_attempts_per_account: int = 10
@@ -53,6 +56,8 @@ class Config:
             raise BadInput(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         if self.sync not in SYNC_MODES:
             raise BadInput(f"sync must be one of {', '.join(SYNC_MODES)}")
+        if self.event_loop not in EVENT_LOOPS:
+            raise BadInput(f"the event_loop setting must be one of {', '.join(EVENT_LOOPS)}")
         if not 0 <= self.port <= 65535:
             raise BadInput("port must be between 0 and 65535")
         for f in fields(self):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from aiohttp import ClientSession, ClientWebSocketResponse, CookieJar
 from aiohttp.test_utils import TestClient
 
@@ -25,6 +26,14 @@ from chatd.models import User
 from chatd.state import SERVICES
 
 PASSWORD = "correct horse battery"
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable]:
+    """Tests marked `both_loops` run on asyncio's loop and on uvloop's (which `chatd serve`
+    picks when it is installed); the others on asyncio's."""
+    if item.get_closest_marker("both_loops"):
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,19 @@ def test_backup_of_a_missing_database_refuses(tmp_path: Path) -> None:
 def test_bad_port_in_environment_is_a_config_error(db: Path) -> None:
     result = CliRunner().invoke(main, ["serve", "--db", str(db), "--check"], env={"CHATD_PORT": "http"})
     assert result.exit_code == 1 and "CHATD_PORT" in result.stderr
+
+
+def test_serve_picks_uvloop_when_installed_and_asyncio_on_request(
+        db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = cli(db, "serve", "--check")
+    assert result.exit_code == 0 and "event loop uvloop" in result.stdout, result.output
+    result = CliRunner().invoke(main, ["serve", "--db", str(db), "--check"], env={"CHATD_EVENT_LOOP": "asyncio"})
+    assert result.exit_code == 0 and "event loop asyncio" in result.stdout, result.output
+    result = CliRunner().invoke(main, ["serve", "--db", str(db), "--check"], env={"CHATD_EVENT_LOOP": "trio"})
+    assert result.exit_code == 1 and "The event_loop setting must be one of auto, asyncio, uvloop." in result.stderr
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if `chatd[uvloop]` were not installed
+    result = cli(db, "serve", "--check")
+    assert result.exit_code == 0 and "event loop asyncio" in result.stdout, result.output
+    result = CliRunner().invoke(main, ["serve", "--db", str(db), "--check"], env={"CHATD_EVENT_LOOP": "uvloop"})
+    assert result.exit_code == 1 and result.stderr.strip() == (
+        "Error: The event_loop setting is uvloop, but uvloop is not installed (pip install 'chatd[uvloop]').")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from aiohttp import ClientSession, CookieJar
 
-from conftest import PASSWORD, Server, csrf_of, end_of, run_cli
+from conftest import PASSWORD, Server, csrf_of, end_of, next_json, run_cli
 
 
 async def sign_in(session: ClientSession, base: str, name: str, password: str = PASSWORD) -> int:
@@ -18,11 +18,12 @@ async def sign_in(session: ClientSession, base: str, name: str, password: str = 
     return resp.status
 
 
-async def test_adduser_serve_login_post_read_back(tmp_path: Path, server_factory) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_adduser_serve_login_post_read_back(tmp_path: Path, server_factory, loop: str) -> None:
     db = tmp_path / "chatd.db"
     assert run_cli("adduser", "alice", "--password-stdin", db=db, stdin=PASSWORD + "\n").returncode == 0
     token = run_cli("token", "alice", db=db).stdout.strip()
-    server: Server = server_factory().start()
+    server: Server = server_factory(env={"CHATD_EVENT_LOOP": loop}).start()
     async with ClientSession(cookie_jar=CookieJar(unsafe=True)) as session:
         assert (await session.get(f"{server.url}/healthz")).status == 200
         resp = await session.get(f"{server.url}/r/general", allow_redirects=False)
@@ -39,7 +40,12 @@ async def test_adduser_serve_login_post_read_back(tmp_path: Path, server_factory
         page = await session.get(f"{server.url}/r/general")
         html = await page.text()
         assert f'id="message-{message["id"]}"' in html and "smoke &lt;test&gt;" in html
+        async with session.ws_connect(f"{server.url}/api/v1/stream", headers=headers) as ws:
+            await ws.send_json({"type": "send", "room": "general", "body": "over the stream", "client_id": "s1"})
+            ack = await next_json(ws, "message")
+            assert ack["message"]["client_id"] == "s1" and ack["message"]["id"] > message["id"]
     assert server.terminate() == 0
+    assert f"loop={loop}" in server.stderr()
 
 
 async def test_first_run_setup_url_creates_admin_once(tmp_path: Path, server_factory) -> None:

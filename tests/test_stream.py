@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiohttp import WSMsgType
 
 from conftest import Chat, end_of, next_json
+
+# The hub writes frames straight to each socket's transport and reads its buffer size to
+# drop slow consumers: every test here runs on both loops `chatd serve` may use (conftest).
+pytestmark = pytest.mark.both_loops
+
+
+async def test_runs_on_the_loop_of_its_parameter(request: pytest.FixtureRequest) -> None:
+    wanted = request.node.callspec.id
+    assert type(asyncio.get_running_loop()).__module__.split(".")[0] == wanted
 
 
 async def post(chat: Chat, headers: dict, body: str, room: str = "general") -> dict:
