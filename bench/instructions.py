@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -46,27 +47,33 @@ def main() -> int:
     parser.add_argument("--server", choices=("chatd", "bare", "sqlite"), default="chatd",
                         help="chatd, or a reference server of bench/refserver.py (post only)")
     parser.add_argument("--requests", type=int, default=800, help="requests counted (default 800)")
+    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                        help="the server's event loop (default: chatd's own choice, uvloop when installed)")
     args = parser.parse_args()
     if args.server != "chatd" and args.workload != "post":
         parser.error("the reference servers are measured on --workload post only")
     if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         print("error: needs valgrind: apt-get install valgrind", file=sys.stderr)
         return 2
+    loop = args.loop
+    if loop == "auto":
+        loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     with tempfile.TemporaryDirectory(prefix="chatd-instructions-") as tmp:
-        per_request = measure(Path(tmp), args.server, args.workload, max(CLIENTS, args.requests))
+        per_request = measure(Path(tmp), args.server, args.workload, max(CLIENTS, args.requests), loop)
     unit = "delivery" if args.workload == "deliver" else "request"
-    print(f"{args.server} {args.workload}: {per_request:,.0f} instructions per {unit}")
+    print(f"{args.server} {args.workload} ({loop}): {per_request:,.0f} instructions per {unit}")
     return 0
 
 
-def measure(workdir: Path, kind: str, workload: str, requests: int) -> float:
+def measure(workdir: Path, kind: str, workload: str, requests: int, loop: str) -> float:
     template = harness.build_template(workdir, CLIENTS, workdir / "template.log")
     out = workdir / "callgrind.out"
     log = workdir / "server.log"
     if kind == "chatd":
         server = harness.chatd_server(template.copy_to(workdir / "chatd.db"), None, log)
+        server.env["CHATD_EVENT_LOOP"] = loop
     else:
-        server = harness.reference_server(kind, workdir, None, "asyncio")
+        server = harness.reference_server(kind, workdir, None, loop)
     # The same process the benchmark starts, under callgrind.
     server.argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
                    *server.argv]

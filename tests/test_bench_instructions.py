@@ -29,6 +29,6 @@ def test_instruction_count(workload: str, count: str, unit: str, least: int) -> 
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    found = re.fullmatch(rf"chatd {workload}: ([\d,]+) instructions per {unit}\n", proc.stdout)
+    found = re.fullmatch(rf"chatd {workload} \((?:asyncio|uvloop)\): ([\d,]+) instructions per {unit}\n", proc.stdout)
     assert found, proc.stdout
     assert int(found.group(1).replace(",", "")) > least
