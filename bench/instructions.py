@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -32,6 +31,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+
+from chatd.cli import event_loop
+from chatd.config import EVENT_LOOPS
+from chatd.errors import ChatdError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
@@ -47,7 +50,7 @@ def main() -> int:
     parser.add_argument("--server", choices=("chatd", "bare", "sqlite"), default="chatd",
                         help="chatd, or a reference server of bench/refserver.py (post only)")
     parser.add_argument("--requests", type=int, default=800, help="requests counted (default 800)")
-    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+    parser.add_argument("--loop", choices=EVENT_LOOPS, default="auto",
                         help="the server's event loop (default: chatd's own choice, uvloop when installed)")
     args = parser.parse_args()
     if args.server != "chatd" and args.workload != "post":
@@ -55,9 +58,11 @@ def main() -> int:
     if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         print("error: needs valgrind: apt-get install valgrind", file=sys.stderr)
         return 2
-    loop = args.loop
-    if loop == "auto":
-        loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    try:
+        loop = event_loop(args.loop)[0]  # what `chatd serve` would pick, so "auto" means the same
+    except ChatdError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="chatd-instructions-") as tmp:
         per_request = measure(Path(tmp), args.server, args.workload, max(CLIENTS, args.requests), loop)
     unit = "delivery" if args.workload == "deliver" else "request"

@@ -90,13 +90,10 @@ def serve(db: Path | None, host: str | None, port: int | None, config_file: Path
     flags = {"db": db, "host": host, "port": port, "log_level": log_level, "behind_proxy": behind_proxy}
     try:
         config = load_config(flags, config_file=config_file)
-    except ChatdError as exc:
-        raise click.ClickException(_sentence(exc.message)) from None
-    configure_logging(config.log_level)
-    try:
         loop_name, factory = event_loop(config.event_loop)
     except ChatdError as exc:
         raise click.ClickException(_sentence(exc.message)) from None
+    configure_logging(config.log_level)
     if check:
         run(_check(config))
         proxy = f"behind a proxy at {', '.join(config.trusted_proxies)}" if config.behind_proxy else "no proxy"
