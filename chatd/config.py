@@ -50,6 +50,15 @@ class Config:
     typing_interval_seconds: float = 2.0
     shutdown_timeout_seconds: float = 8.0
     auth_poll_seconds: float = 1.0
+    # Rooms a member (not an administrator) may create per hour.
+    rooms_per_hour: int = 10
+    # The address(es) people use, e.g. "https://chat.example.org"; the first is the one chatd
+    # prints and links to. When set, requests for any other Host, and any other Origin, are refused.
+    public_url: tuple[str, ...] = ()
+    # A client must send a request's headers within this many seconds, and its body within
+    # body_timeout_seconds, or the connection is closed (slow clients tie up descriptors).
+    header_timeout_seconds: float = 5.0
+    body_timeout_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if self.log_level not in LOG_LEVELS:
