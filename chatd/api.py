@@ -154,8 +154,9 @@ async def _frame(services: Services, conn: Conn, frame: dict[str, Any]) -> None:
             raise BadInput("room is required")
         if "body" not in frame:
             raise BadInput("body is required")
-        message, created = await services.chat.post_message(
-            conn.user, frame["room"], frame["body"], frame.get("client_id"))
+        room = await services.chat.room_for(conn.user, frame["room"])
+        message, created = await services.chat.post_in(
+            conn.user, room, frame["body"], frame.get("client_id"), conn=conn)
         services.live.acknowledge_retry(conn, message, created)
     elif kind == "typing":
         services.chat.typing(conn.user, await services.chat.room_for(conn.user, frame.get("room")))

@@ -18,12 +18,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
+from chatd.access import Access
 from chatd.models import Credential, User
 
 log = logging.getLogger("chatd.hub")
 CLOSE_GRACE = 3.0  # seconds a client has to answer the server's close frame
+REPLAY_STALL = 10.0  # seconds a replaying socket may read nothing before it is dropped
 OP_TEXT = 0x1
 OP_CLOSE = 0x8
 
@@ -61,8 +63,9 @@ class Conn:
     dropped: bool = False
     # The server sent its close frame and waits for the client's answer (Hub.close).
     closing: bool = False
-    # While a `since` replay is being read from the database, live frames wait here.
+    # While a `since` replay is being sent, live frames wait here (at most the send buffer's bound).
     held: list[tuple[int, bytes]] | None = field(default=None, repr=False)
+    held_bytes: int = 0
 
     @property
     def open(self) -> bool:
@@ -120,38 +123,37 @@ class Metrics:
 class Hub:
     """Who is connected, what each may read, and delivery of ready-made frames."""
 
-    def __init__(self, send_buffer_bytes: int, metrics: Metrics | None = None) -> None:
+    def __init__(self, send_buffer_bytes: int, metrics: Metrics | None = None, access: Access | None = None) -> None:
         self.limit = send_buffer_bytes
         self.metrics = metrics or Metrics()
+        # Who may read what: every delivery below asks it (chatd/access.py).
+        self.access = access or Access()
+        self.replay_stall = REPLAY_STALL
         self.conns: set[Conn] = set()
         self._emptied: asyncio.Event | None = None  # set when the last socket goes (shutdown)
         self.by_user: dict[int, set[Conn]] = {}
         self.viewers: dict[int, set[Conn]] = {}
         self.streams: set[Conn] = set()
-        # Private rooms and DMs: room id -> member user ids. Absent means public.
-        self.closed_rooms: dict[int, set[int]] = {}
         self.usernames: dict[int, str] = {}
 
-    # -- membership routing -------------------------------------------------
-
-    def set_members(self, room_id: int, user_ids: Iterable[int]) -> None:
-        self.closed_rooms[room_id] = set(user_ids)
-
-    def may_read(self, user_id: int, room_id: int) -> bool:
-        members = self.closed_rooms.get(room_id)
-        return members is None or user_id in members
+    # -- routing, by the access table ---------------------------------------
 
     def readers(self, room_id: int) -> Iterable[Conn]:
-        members = self.closed_rooms.get(room_id)
-        if members is None:
+        """Every socket whose user may read the room now."""
+        access = self.access
+        if room_id in access.public:
             return self.conns
+        members = access.members(room_id) or ()
         return [c for uid in members for c in self.by_user.get(uid, ())]
 
     def watchers(self, room_id: int) -> list[Conn]:
-        """Sockets that follow a room's live activity: its tabs, and streams that may read it."""
-        streams = self.streams if room_id not in self.closed_rooms else (
-            c for c in self.readers(room_id) if c.kind == "stream")
-        return [*self.viewers.get(room_id, ()), *streams]
+        """Sockets that follow a room's live activity: its tabs, and streams, whose user may read it."""
+        may_read = self.access.may_read
+        if room_id in self.access.public:
+            streams: Iterable[Conn] = self.streams
+        else:
+            streams = [c for c in self.readers(room_id) if c.kind == "stream"]
+        return [*(c for c in self.viewers.get(room_id, ()) if may_read(c.user.id, room_id)), *streams]
 
     # -- connections --------------------------------------------------------
 
@@ -216,7 +218,7 @@ class Hub:
                     if data is None:
                         continue
                 if conn.held is not None:
-                    conn.held.append((env.message_id, data))
+                    self.hold(conn, env.message_id, data)
                 else:
                     self.write(conn, data, 1)
             return
@@ -227,7 +229,7 @@ class Hub:
                 if data is None:
                     continue
                 if conn.held is not None:
-                    conn.held.append((env.message_id, data))
+                    self.hold(conn, env.message_id, data)
                 else:
                     outgoing.setdefault(conn, []).append(data)
         for conn, frames in outgoing.items():
@@ -248,9 +250,22 @@ class Hub:
         """Send one ready frame to each of these sockets (presence, typing, unread)."""
         for conn in conns:
             if conn.held is not None:
-                conn.held.append((0, data))
+                self.hold(conn, 0, data)
             else:
                 self.write(conn, data, 1)
+
+    def hold(self, conn: Conn, message_id: int, data: bytes) -> None:
+        """Keep a live frame until the socket's replay is sent; past the send buffer's bound,
+        the socket is a slow consumer like any other."""
+        assert conn.held is not None
+        if conn.dropped:
+            return
+        conn.held_bytes += len(data)
+        if conn.held_bytes > self.limit:
+            self.drop(conn)
+            conn.held = []
+            return
+        conn.held.append((message_id, data))
 
     def write(self, conn: Conn, data: bytes, count: int) -> None:
         transport = conn.transport  # Conn.open, spelled out: this runs once per delivery
@@ -271,9 +286,29 @@ class Hub:
         log.warning("event=slow_consumer_dropped user=%s kind=%s", conn.user.username, conn.kind)
         conn.transport.abort()
 
+    async def replay(self, conn: Conn, payloads: list[bytes]) -> bool:
+        """Send replayed events as the client reads them; False if it was dropped.
+
+        aiohttp's send_frame waits for the socket to drain whenever its writer has sent
+        writer_limit bytes (sockets.open_socket sets it below send_buffer_bytes), so a replay
+        of any size holds at most about that much in the socket's buffer. A client that
+        reads nothing for replay_stall seconds is dropped, as live traffic drops it."""
+        for payload in payloads:
+            if not conn.open:
+                return False
+            try:
+                await asyncio.wait_for(conn.ws.send_frame(payload, WSMsgType.TEXT), self.replay_stall)
+            except TimeoutError:
+                self.drop(conn)
+                return False
+            except (ConnectionError, RuntimeError):  # the client went away meanwhile
+                return False
+            self.metrics.deliveries += 1
+        return conn.open
+
     def release(self, conn: Conn, after_id: int) -> None:
         """End a replay: send held frames newer than the replay, in order."""
-        held, conn.held = conn.held or [], None
+        held, conn.held, conn.held_bytes = conn.held or [], None, 0
         frames = [data for mid, data in held if mid == 0 or mid > after_id]
         if frames:
             self.write(conn, b"".join(frames), len(frames))

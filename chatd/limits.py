@@ -60,5 +60,11 @@ class Window:
             for k in [k for k, ev in self._events.items() if ev[-1] <= now - self.seconds]:
                 del self._events[k]
 
+    def forget_last(self, key: Hashable) -> None:
+        """Take back the newest event of this key (an attempt that turned out not to count)."""
+        events = self._events.get(key)
+        if events:
+            events.pop()
+
     def clear(self, key: Hashable) -> None:
         self._events.pop(key, None)

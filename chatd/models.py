@@ -41,9 +41,14 @@ class Room(NamedTuple):
     kind: RoomKind
     last_message_id: int = 0
     message_count: int = 0
+    # Archived: readable, no new messages, out of the sidebar.
+    archived: bool = False
 
     def to_json(self, unread: int = 0) -> dict[str, Any]:
-        return {"slug": self.slug, "name": self.name, "kind": self.kind, "unread": unread}
+        data: dict[str, Any] = {"slug": self.slug, "name": self.name, "kind": self.kind, "unread": unread}
+        if self.archived:  # only then: a room object is otherwise as it always was
+            data["archived"] = True
+        return data
 
 
 class RoomState(NamedTuple):

@@ -57,8 +57,9 @@ async def open_socket(
         raise RateLimited("too many open connections for this user", 5)
     # autoclose off: run_socket answers a client's close frame itself, and does not
     # answer the reply to a close frame of ours with a second one.
+    # writer_limit: a replay waits for the client to read after this many bytes (Hub.replay).
     ws = web.WebSocketResponse(heartbeat=30, compress=False, max_msg_size=config.max_frame_bytes,
-                               autoclose=False)
+                               autoclose=False, writer_limit=max(4096, min(1 << 18, config.send_buffer_bytes // 2)))
     await ws.prepare(request)
     return Conn(user, kind, ws, request.transport, credential,  # type: ignore[arg-type]
                 room_id=room.id if room else None, ip=client_ip(request))
@@ -75,6 +76,8 @@ async def run_socket(
         if greet is not None:
             await greet()
         async for msg in conn.ws:
+            if not conn.open:
+                continue  # closed by the server (revoked, no access): nothing more of it is handled
             if msg.type == WSMsgType.BINARY:
                 services.live.send(conn, error("bad_request", "frames must be JSON text", None))
             elif msg.type == WSMsgType.TEXT:
@@ -98,6 +101,10 @@ async def run_socket(
 async def _answer(services: Services, conn: Conn, raw: str, handle: Handler, error: ErrorShape) -> None:
     frame: Any = None
     try:
+        # A session ended by another process is seen here, before the frame is handled.
+        services.live.ensure_current()
+        if not conn.open:
+            return
         frame = parse_frame(raw)
         await handle(frame)
     except ChatdError as exc:

@@ -27,7 +27,7 @@ from chatd.auth import (
 from chatd.errors import BadInput, ChatdError, Forbidden, RateLimited, Unauthorized
 from chatd.hub import Conn
 from chatd.metrics import render_metrics
-from chatd.models import Room, User
+from chatd.models import Room, RoomState, User
 from chatd.services import Services, parse_int
 from chatd.sockets import open_socket, run_socket
 from chatd.state import CONFIG, RENDERER, SERVICES, STORE
@@ -191,10 +191,12 @@ async def _sidebar(request: web.Request, user: User, room: Room) -> tuple[Markup
     cached = renderer.sidebars.get(key)
     if cached is not None and cached[0] == epoch:
         return cached[1], cached[2]
-    states = await _svc(request).chat.rooms_for(user)
-    rooms_html = fragments.room_items_html([s for s in states if s.peer is None], room.id)
-    dms_html = fragments.room_items_html(
-        [s for s in states if s.peer is not None and (s.room.last_message_id or s.room.id == room.id)], room.id)
+    states = await store.sidebar_for(user)
+    if all(s.room.id != room.id for s in states):  # the room on screen is always listed
+        states.append(RoomState(room, 0, _peer(room, user)))
+    rooms = sorted((s for s in states if s.peer is None), key=lambda s: (s.room.kind != "public", s.room.name))
+    rooms_html = fragments.room_items_html(rooms, room.id)
+    dms_html = fragments.room_items_html([s for s in states if s.peer is not None], room.id)
     if len(renderer.sidebars) >= SIDEBAR_CACHE:
         renderer.sidebars.clear()
     renderer.sidebars[key] = (epoch, rooms_html, dms_html)
@@ -351,10 +353,10 @@ async def browser_socket(request: web.Request) -> web.StreamResponse:
     conn = await open_socket(request, user, credential, "browser", room)
 
     async def greet() -> None:  # unread counts may have moved while the tab was away
-        states = await services.chat.rooms_for(user)
+        states = await services.store.sidebar_for(user)
         services.live.send(conn, {"unread_all": {s.room.slug: s.unread for s in states}})
 
-    return await run_socket(services, conn, since, room, lambda frame: _tab_frame(services, conn, room, frame),
+    return await run_socket(services, conn, since, room, lambda frame: _tab_frame(services, conn, frame),
                             _tab_error, greet)
 
 
@@ -362,11 +364,13 @@ def _tab_error(code: str, message: str, client_id: str | None) -> dict[str, Any]
     return {"error": message, "code": code, "client_id": client_id}
 
 
-async def _tab_frame(services: Services, conn: Conn, room: Room, frame: dict[str, Any]) -> None:
+async def _tab_frame(services: Services, conn: Conn, frame: dict[str, Any]) -> None:
     """A frame from htmx: the composer (send, the default), typing, or a read mark."""
+    room = services.live.socket_room(conn)  # asked anew for every frame: access may have ended
     kind = frame.get("type", "send")
     if kind == "send":
-        message, created = await services.chat.post_in(conn.user, room, frame.get("body"), frame.get("client_id"))
+        message, created = await services.chat.post_in(
+            conn.user, room, frame.get("body"), frame.get("client_id"), conn=conn)
         services.live.acknowledge_retry(conn, message, created)
     elif kind == "typing":
         services.chat.typing(conn.user, room)

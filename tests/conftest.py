@@ -42,7 +42,7 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
     Tests of the limits themselves pass small values through `make_chat`.
     """
     base = {"db": tmp_path / "chatd.db", "auth_poll_seconds": 0.05, "port": 0,
-            "messages_per_second": 1000.0, "message_burst": 1000}
+            "messages_per_second": 1000.0, "message_burst": 1000, "rooms_per_hour": 1000}
     base.update(overrides)
     return Config(**base)
 

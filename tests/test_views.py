@@ -223,7 +223,7 @@ async def test_create_room_from_ui(chat: Chat) -> None:
                                 allow_redirects=False)
         assert resp.status == 303 and resp.headers["Location"] == "/r/book-club"
         resp = await alice.post("/rooms/new", data={"csrf": csrf, "slug": "book-club"})
-        assert resp.status == 409 and "already exists" in await resp.text()
+        assert resp.status == 409 and "already taken" in await resp.text()
         resp = await alice.post("/rooms/new", data={"csrf": csrf, "slug": "Bad Slug!"})
         assert resp.status == 400
         resp = await alice.post("/rooms/new", data={"csrf": csrf, "slug": "hidden", "private": "on"},

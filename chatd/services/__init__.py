@@ -40,15 +40,15 @@ class Services:
                 await self._poller
 
     async def _watch_auth(self) -> None:
-        """See CLI changes (passwd, deluser, adduser) at once: close revoked sockets."""
-        seen = await self.store.auth_version()
+        """See a `chatd` command's changes while no request or message comes: sockets of ended
+        sessions close, archived or deleted rooms are taken in, new accounts can be mentioned."""
+        seen = self.store.auth_epoch
         while True:
             await asyncio.sleep(self.config.auth_poll_seconds)
             try:
-                version = await self.store.auth_version()
-                if version != seen:
-                    seen = version
+                self.live.ensure_current()
+                if self.store.auth_epoch != seen:
+                    seen = self.store.auth_epoch
                     await self.live.refresh_users()
-                    await self.live.close_revoked()
             except Exception as exc:  # keep watching; the database may be back next time
                 log.warning("event=auth_watch_failed error=%r", str(exc))

@@ -7,8 +7,9 @@ import time
 
 from chatd import rules
 from chatd.config import Config
-from chatd.errors import BadInput, NotFound, RateLimited, StorageUnavailable
-from chatd.limits import TokenBucket
+from chatd.errors import BadInput, Forbidden, NotFound, RateLimited, StorageUnavailable
+from chatd.hub import Conn
+from chatd.limits import TokenBucket, Window
 from chatd.models import Message, Room, RoomState, User
 from chatd.services.live import Live
 from chatd.store import Store
@@ -22,7 +23,9 @@ class Chat:
         self.config = config
         self.store = store
         self.live = live
+        self.access = live.access
         self.flood = TokenBucket(config.messages_per_second, config.message_burst)
+        self.room_limit = Window(config.rooms_per_hour, 3600)
 
     # -- rooms ------------------------------------------------------------------
 
@@ -30,7 +33,10 @@ class Chat:
         """The only way to a room: NotFound unless this user may read it."""
         if not isinstance(slug, str) or not slug or len(slug) > 100 or rules.has_surrogates(slug):
             raise NotFound("no such room")
-        return await self.store.room_for(user, slug)
+        room = self.store.room_named(slug)
+        if room is None or not self.access.may_read(user.id, room.id):
+            raise NotFound("no such room")
+        return room
 
     async def rooms_for(self, user: User) -> list[RoomState]:
         return await self.store.rooms_for(user)
@@ -40,10 +46,66 @@ class Chat:
         if not isinstance(private, bool):
             raise BadInput("private must be true or false")
         title = rules.check_room_name(name, slug)
-        room = await self.store.create_room(slug, title, "private" if private else "public", user)
-        if private:
-            self.live.member_added(room, user.id)
+        self._count_room_creation(user)
+        try:
+            room = await self.store.create_room(slug, title, "private" if private else "public", user)
+        except BaseException:
+            self.room_limit.forget_last(user.id)  # a refused creation does not count
+            raise
+        self.live.room_added(room, [user.id])
         log.info("event=room_created room=%s kind=%s by=%s", slug, room.kind, user.username)
+        return room
+
+    def _count_room_creation(self, user: User) -> None:
+        """Members create at most rooms_per_hour rooms (0: only administrators create rooms).
+        Counted before the write, so concurrent requests cannot slip past the limit."""
+        if user.admin:
+            return
+        if self.config.rooms_per_hour == 0:
+            raise Forbidden("only administrators can create rooms on this server")
+        wait = self.room_limit.blocked(user.id)
+        if wait:
+            raise RateLimited("you have created too many rooms for now; try again later", wait)
+        self.room_limit.hit(user.id)
+
+    async def set_joined(self, user: User, slug: object, joined: bool) -> Room:
+        """Join a public room (it stays in the sidebar) or leave it (out of the sidebar)."""
+        room = await self.room_for(user, slug)
+        if room.kind != "public":
+            raise BadInput("only public rooms are joined and left this way; private rooms have members")
+        await self.store.set_joined(user, room, joined)
+        return room
+
+    async def visit(self, user: User, room: Room) -> None:
+        """Opening a public room one has not joined (nor left) joins it."""
+        if room.kind == "public" and not room.archived and not self.store.joined(user, room) \
+                and not self.store.left(user, room):
+            await self.store.set_joined(user, room, True)
+
+    async def archive_room(self, actor: User, slug: object, archived: bool) -> Room:
+        """Administrators: archive a room (readable, no new messages, off the sidebar) or undo it."""
+        room = self._administered(actor, slug)
+        room = await self.store.archive_room(room, archived)
+        self.live.room_archived(room)
+        log.info("event=room_%s room=%s by=%s", "archived" if archived else "unarchived", room.slug, actor.username)
+        return room
+
+    async def delete_room(self, actor: User, slug: object) -> int:
+        """Administrators: delete a room and its messages; returns how many messages went."""
+        room = self._administered(actor, slug)
+        gone = await self.store.delete_room(room)
+        self.live.room_deleted(room)
+        log.info("event=room_deleted room=%s messages=%d by=%s", room.slug, gone, actor.username)
+        return gone
+
+    def _administered(self, actor: User, slug: object) -> Room:
+        if not actor.admin:
+            raise Forbidden("only administrators can archive or delete rooms")
+        room = self.store.room_named(slug) if isinstance(slug, str) else None
+        if room is None or room.kind == "dm":
+            raise NotFound("no such room")
+        if room.slug == "general":
+            raise BadInput("general is the room everyone starts in; it cannot be archived or deleted")
         return room
 
     async def open_dm(self, user: User, username: object) -> Room:
@@ -53,13 +115,11 @@ class Chat:
         if other is None:
             raise NotFound(f"no user named {name or username!r}")
         slug = rules.dm_slug(user.username, other.username)
-        try:  # viewing a DM page is a read: write only the first time
-            return await self.store.room_for(user, slug)
-        except NotFound:
-            pass
+        existing = self.store.room_named(slug)
+        if existing is not None and self.access.may_read(user.id, existing.id):
+            return existing  # viewing a DM page is a read: write only the first time
         room = await self.store.open_dm(slug, user, other)
-        self.live.member_added(room, user.id)
-        self.live.member_added(room, other.id)
+        self.live.room_added(room, [user.id, other.id])
         return room
 
     async def add_member(self, actor: User, slug: object, username: object) -> Room:
@@ -94,7 +154,7 @@ class Chat:
     async def _manageable(self, actor: User, slug: object) -> Room:
         """A private room the actor belongs to, or any private room for an admin."""
         if actor.admin and isinstance(slug, str):
-            room = await self.store.room_by_slug(slug)
+            room = self.store.room_named(slug)
             if room is None:
                 raise NotFound("no such room")
         else:
@@ -113,8 +173,12 @@ class Chat:
         return await self.post_in(user, room, body, client_id)
 
     async def post_in(
-        self, user: User, room: Room, body: object, client_id: object = None
+        self, user: User, room: Room, body: object, client_id: object = None, conn: Conn | None = None,
     ) -> tuple[Message, bool]:
+        """Post as `user`, from `conn` when the post came on a socket. Access is asked now and
+        again when the post's batch is written, so a post waiting to be written when its
+        author loses the room, or its socket is closed, is refused."""
+        self._check_writable(user, room)
         text = rules.check_body(body)
         cid = rules.check_client_id(client_id)
         wait = self.flood.take(user.id)
@@ -124,7 +188,20 @@ class Chat:
         writer = self.store.messages_writer
         if writer is None:
             raise StorageUnavailable("the server is not accepting messages")
-        return await writer.submit(room, user, text, rendered.html, cid)
+        may_write, uid, rid = self.access.may_write, user.id, room.id
+        if conn is None:
+            def allowed() -> bool:
+                return may_write(uid, rid)
+        else:
+            def allowed() -> bool:
+                return conn.open and may_write(uid, rid)
+        return await writer.submit(room, user, text, rendered.html, cid, allowed)
+
+    def _check_writable(self, user: User, room: Room) -> None:
+        if not self.access.may_write(user.id, room.id):
+            if self.access.may_read(user.id, room.id):
+                raise Forbidden("this room is archived; it takes no new messages")
+            raise NotFound("no such room")
 
     async def history(
         self, user: User, slug: object, before: object = None, after: object = None,
@@ -141,6 +218,8 @@ class Chat:
         return await self.mark_read_in(user, room, message_id)
 
     async def mark_read_in(self, user: User, room: Room, message_id: object) -> int:
+        if not self.access.may_read(user.id, room.id):
+            raise NotFound("no such room")
         mid = parse_int(message_id, "message_id", default=None, low=0)
         if mid is None:
             raise BadInput("message_id is required")
@@ -149,6 +228,8 @@ class Chat:
         return unread
 
     def typing(self, user: User, room: Room) -> None:
+        if not self.access.may_write(user.id, room.id):
+            raise NotFound("no such room")
         self.live.typing(user, room, time.monotonic())
 
 

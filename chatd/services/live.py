@@ -14,12 +14,15 @@ from collections import OrderedDict
 from typing import Protocol
 
 from chatd.config import Config
+from chatd.errors import NotFound
 from chatd.hub import Conn, Envelope, Hub, text_frame
 from chatd.models import Message, Room, User
 from chatd.store import Store
 
 log = logging.getLogger("chatd.live")
 POLICY_VIOLATION = 1008  # closes the sockets of a revoked session or token: do not come back
+REPLAY_CAP = 1000  # a replay sends at most the newest this many messages
+REPLAY_PAGE = 100  # read from the database this many at a time
 _MENTION_ATTR = re.compile(r'data-mention="([a-z0-9_.-]+)"')
 PRESENCE_DELAY = 0.2
 NOTIFY_SNIPPET = 140
@@ -53,7 +56,12 @@ class Live:
         self.store = store
         self.hub = hub
         self.renderer = renderer
+        self.access = hub.access
         self.user_ids: dict[str, int] = {}
+        # The highest message id handed to the hub: a replay reads up to it, live frames after it.
+        self.published = 0
+        self._auth_acted = 0  # store.auth_epoch the last revocation sweep acted on
+        self._rooms_acted = 0  # store.rooms_epoch the last room reload acted on
         self._presence: dict[int, bool] = {}
         self._presence_handle: asyncio.TimerHandle | None = None
         self._typing_seen: dict[tuple[int, int], float] = {}
@@ -62,8 +70,12 @@ class Live:
     # -- routing tables -------------------------------------------------------
 
     async def load(self) -> None:
-        for room, members in await self.store.closed_rooms():
-            self.hub.set_members(room.id, members)
+        """Build the access table from the store, before the first socket opens."""
+        members = {room.id: ids for room, ids in await self.store.closed_rooms()}
+        for room in self.store.rooms.values():
+            self.access.add_room(room.id, room.kind, members.get(room.id, ()), room.archived)
+        self.published = self.store.newest_id()
+        self._auth_acted, self._rooms_acted = self.store.auth_epoch, self.store.rooms_epoch
         await self.refresh_users()
 
     async def refresh_users(self) -> None:
@@ -73,18 +85,86 @@ class Live:
     def is_user(self, name: str) -> bool:
         return name in self.user_ids
 
+    # -- access: every change right after its commit, in the same turn of the loop ------------
+
+    def room_added(self, room: Room, members: list[int]) -> None:
+        """A new room: readable from now on (by its members, for a private one)."""
+        self.access.add_room(room.id, room.kind, members, room.archived)
+
     def member_added(self, room: Room, user_id: int) -> None:
-        """Route the room's live messages to this user too (private rooms and DMs)."""
-        self.hub.closed_rooms.setdefault(room.id, set()).add(user_id)
+        """The user's open streams get the room's events from now on, without reconnecting."""
+        self.access.grant(room.id, user_id)
+        frame = event_frame({"type": "room_updated", "room": room.to_json(0)})
+        self.hub.send_to([c for c in self.hub.by_user.get(user_id, ()) if c.kind == "stream"], frame)
 
     def member_removed(self, room: Room, user_id: int) -> None:
-        self.hub.closed_rooms.setdefault(room.id, set()).discard(user_id)
+        if self.access.revoke(room.id, user_id):
+            self._lost(room, [user_id])
+
+    def room_archived(self, room: Room) -> None:
+        """Tabs showing the room load it again (without a composer, or with it back)."""
+        self.access.set_archived(room.id, room.archived)
+        self.hub.send_to(list(self.hub.viewers.get(room.id, ())), event_frame({"reload": True}))
+
+    def room_deleted(self, room: Room) -> None:
+        readers = {c.user.id for c in self.hub.readers(room.id)}
+        self.access.remove_room(room.id)
+        self._lost(room, list(readers))
+
+    def _lost(self, room: Room, user_ids: list[int]) -> None:
+        """These users may no longer read the room: their streams are told, their tabs drop it
+        from the sidebar, and a tab showing it says so and is closed. Nothing of the room
+        reaches them after this (every delivery asks the access table)."""
+        stream = event_frame({"type": "room_removed", "room": room.slug})
+        elsewhere = event_frame({"room_removed": room.slug})
+        here = event_frame({"room_removed": room.slug, "here": True})
+        shown: list[Conn] = []
+        for uid in user_ids:
+            for conn in list(self.hub.by_user.get(uid, ())):
+                if conn.kind == "stream":
+                    self.hub.send_to([conn], stream)
+                elif conn.room_id == room.id:
+                    self.hub.send_to([conn], here)
+                    shown.append(conn)
+                else:
+                    self.hub.send_to([conn], elsewhere)
+        self.hub.close(shown, POLICY_VIOLATION, b"no access to this room")
+        if shown:
+            log.info("event=access_lost room=%s sockets_closed=%d", room.slug, len(shown))
+
+    def socket_room(self, conn: Conn) -> Room:
+        """The room a tab shows, if its user may still read it (every frame of a tab asks)."""
+        room = self.store.rooms.get(conn.room_id) if conn.room_id is not None else None
+        if room is None or not self.access.may_read(conn.user.id, room.id):
+            raise NotFound("you no longer have access to this room")
+        return room
+
+    def ensure_current(self) -> None:
+        """Act on what another process (a `chatd` command) changed, before anything more is
+        delivered or any frame handled: close the sockets of ended sessions and tokens, and
+        take in archived or deleted rooms. Costs a flag check when nothing changed."""
+        store = self.store
+        store.look_for_changes()
+        if store.auth_epoch != self._auth_acted:
+            self._auth_acted = store.auth_epoch
+            self.close_revoked()
+        if store.rooms_epoch != self._rooms_acted:
+            self._rooms_acted = store.rooms_epoch
+            changed, gone = store.reload_rooms_now()
+            for room in gone:
+                self.room_deleted(room)
+            for room in changed:
+                if bool(room.archived) != (room.id in self.access.archived):
+                    self.room_archived(room)
 
     # -- messages ---------------------------------------------------------------
 
     def on_commit(self, messages: list[Message]) -> None:
         """Hand each committed message to the hub, encoded once per wire form."""
+        self.ensure_current()
         self.hub.metrics.messages_stored += len(messages)
+        if messages:
+            self.published = max(self.published, messages[-1].id)
         envelopes = []
         for message in messages:
             mentioned = frozenset(
@@ -123,15 +203,19 @@ class Live:
         return self.renderer.message_fragment(message, form).encode()
 
     def message_frame(self, message: Message, conn: Conn) -> bytes:
-        """One message for one socket (replays and duplicate acknowledgements)."""
+        """One message for one socket, as a whole frame (a duplicate acknowledgement)."""
+        return text_frame(self._payload(message, conn))
+
+    def _payload(self, message: Message, conn: Conn) -> bytes:
         if conn.kind == "stream":
-            return text_frame(self._build(message, "stream"))
-        return text_frame(self._build(message, self.renderer.variant_for(message, conn.user)))
+            return self._build(message, "stream")
+        return self._build(message, self.renderer.variant_for(message, conn.user))
 
     # -- sockets ------------------------------------------------------------------
 
     async def attach(self, conn: Conn, since: int | None, room: Room | None = None) -> None:
         """Register a socket; with `since`, replay what it missed with no gap or duplicate."""
+        self.ensure_current()
         conn.held = [] if since is not None else None
         if self.hub.add(conn):
             self._presence_changed(conn.user.id, True)
@@ -141,17 +225,34 @@ class Live:
         log.info("event=connect user=%s kind=%s ip=%s", conn.user.username, conn.kind, conn.ip)
         if since is None:
             return
+        upto = self.published  # later messages are held as they are published, then sent
         try:
-            if room is None:
-                missed = await self.store.messages_since(conn.user, since)
-            else:
-                missed = await self.store.messages(room, after=since, limit=1000)
+            sent = await self._replay(conn, since, upto, room)
         except BaseException:
-            self.hub.release(conn, since)
+            self.hub.release(conn, upto)
             raise
-        if missed:
-            self.hub.write(conn, b"".join(self.message_frame(m, conn) for m in missed), len(missed))
-        self.hub.release(conn, max([since] + [m.id for m in missed]))
+        if sent:
+            self.hub.release(conn, upto)
+
+    async def _replay(self, conn: Conn, since: int, upto: int, room: Room | None) -> bool:
+        """Send the newest REPLAY_CAP messages in (since, upto] the socket's user may read, a
+        page at a time, as the client reads them (Hub.replay); False if it was dropped. A tab
+        that missed more than that reloads its page instead."""
+        user = conn.user
+        after, cut = await self.store.replay_start(since, upto, REPLAY_CAP, user=user, room=room)
+        if cut and conn.kind == "browser":
+            self.hub.hold(conn, 0, event_frame({"reload": True}))
+            return True
+        may_read = self.access.may_read
+        while conn.open:
+            page = await self.store.replay_page(after, upto, REPLAY_PAGE, user=user, room=room)
+            if not page:
+                return True
+            after = page[-1].id
+            payloads = [self._payload(m, conn) for m in page if may_read(user.id, m.room_id)]
+            if not await self.hub.replay(conn, payloads):
+                return False
+        return False
 
     def detach(self, conn: Conn) -> None:
         if self.hub.remove(conn):
@@ -202,7 +303,7 @@ class Live:
                         self.hub.write(conn, b"".join(mine), len(mine))
                 else:
                     self.hub.write(conn, everything, len(frames))
-            elif conn.room_id is not None:
+            elif conn.room_id is not None and self.access.may_read(conn.user.id, conn.room_id):
                 by_room.setdefault(conn.room_id, []).append(conn)
         for room_id, conns in by_room.items():
             self.hub.send_to(conns, self._online_frame(room_id))
@@ -213,7 +314,7 @@ class Live:
     def online_in(self, room_id: int) -> list[str]:
         """Who is online among those who may read the room."""
         return sorted(
-            self.hub.usernames[uid] for uid in self.hub.online_ids() if self.hub.may_read(uid, room_id)
+            self.hub.usernames[uid] for uid in self.hub.online_ids() if self.access.may_read(uid, room_id)
         )
 
     # -- typing and read state --------------------------------------------------------
@@ -234,18 +335,20 @@ class Live:
 
     def read_changed(self, user: User, room: Room, unread: int) -> None:
         """Every tab of this user learns the room's new unread count."""
+        if not self.access.may_read(user.id, room.id):
+            return
         frame = event_frame({"unread_set": {room.slug: unread}})
         tabs = [c for c in self.hub.by_user.get(user.id, ()) if c.kind == "browser"]
         self.hub.send_to(tabs, frame)
 
     # -- revocation -------------------------------------------------------------------
 
-    async def close_revoked(self) -> int:
+    def close_revoked(self) -> int:
         """Close sockets whose session or token no longer authenticates anyone."""
         conns = list(self.hub.conns)
         sessions = list({c.credential.token_hash for c in conns if c.credential.kind == "session"})
         tokens = list({c.credential.token_hash for c in conns if c.credential.kind == "token"})
-        live = await self.store.live_credentials(sessions, tokens)
+        live = self.store.live_credentials(sessions, tokens)
         revoked = [c for c in conns if c.credential.token_hash not in live and c.open]
         self.close(revoked)
         return len(revoked)

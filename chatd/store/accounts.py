@@ -223,7 +223,14 @@ class AccountsStore(StoreBase):
         in whatever turn of the loop it comes, so it sees the change."""
         result = await self._writer.run(op)
         self._auth_looked = False
+        self.auth_epoch += 1
         return result
+
+    def look_for_changes(self) -> None:
+        """Look (at most once per turn of the loop) whether another process changed
+        credentials or rooms; auth_epoch and rooms_epoch move when one did."""
+        if not self._auth_looked:
+            self._read(self._credentials_current)
 
     def _credentials_current(self, conn: sqlite3.Connection) -> None:
         """Empty the session and token caches if a credential may have changed since.
@@ -258,44 +265,53 @@ class AccountsStore(StoreBase):
             if seen is not None and seen == self._watch_seen:
                 return
             self._watch_seen = seen
-        version = conn.execute("SELECT value FROM meta WHERE key = 'auth_version'").fetchone()[0]
+        versions = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('auth_version', 'rooms_version')"))
+        version = versions["auth_version"]
         if version != self._auth_seen:
             self._sessions.clear()
             self._tokens.clear()
+            if self._auth_seen is not None:
+                self.auth_epoch += 1
             self._auth_seen = version
+        rooms = versions.get("rooms_version")
+        if rooms != self._rooms_seen:
+            if self._rooms_seen is not None:
+                self.rooms_epoch += 1
+            self._rooms_seen = rooms
 
     async def auth_version(self) -> int:
         return self._read(
             lambda c: int(c.execute("SELECT value FROM meta WHERE key = 'auth_version'").fetchone()[0])
         )
 
-    async def live_credentials(self, sessions: list[bytes], tokens: list[bytes]) -> set[bytes]:
-        """Which of these session and token hashes still authenticate an active user."""
+    def live_credentials(self, sessions: list[bytes], tokens: list[bytes]) -> set[bytes]:
+        """Which of these session and token hashes still authenticate an active user.
+
+        Inline on the event loop, so sockets of an ended session are closed before anything
+        else is delivered (Live.ensure_current): one indexed query per 500 hashes."""
 
         def op(conn: sqlite3.Connection) -> set[bytes]:
             live: set[bytes] = set()
             now = time.time()
-            for h in sessions:
-                if conn.execute(
-                    "SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id"
-                    " WHERE s.token_hash = ? AND s.expires_at > ? AND u.active = 1", (h, now)
-                ).fetchone():
-                    live.add(h)
-            for h in tokens:
-                if conn.execute(
-                    "SELECT 1 FROM tokens t JOIN users u ON u.id = t.user_id"
-                    " WHERE t.token_hash = ? AND u.active = 1", (h,)
-                ).fetchone():
-                    live.add(h)
+            for table, hashes, extra in (("sessions", sessions, " AND s.expires_at > ?"), ("tokens", tokens, "")):
+                for i in range(0, len(hashes), 500):
+                    chunk = hashes[i:i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    live.update(r[0] for r in conn.execute(
+                        f"SELECT s.token_hash FROM {table} s JOIN users u ON u.id = s.user_id"
+                        f" WHERE s.token_hash IN ({marks}) AND u.active = 1{extra}",
+                        (*chunk, now) if extra else chunk))
             return live
 
-        return await self._reader.run(op)
+        return self._read(op)
 
 
 def _start_read_state(conn: sqlite3.Connection, user_id: int) -> None:
-    """A new account has read every public room so far: old history is not news to it."""
+    """A new account has read every public room so far (old history is not news to it), and
+    has joined `general`: other rooms join its sidebar as they bring it unread messages, or
+    when it opens them (migration 5)."""
     conn.execute(
-        "INSERT INTO memberships (room_id, user_id, last_read_id, last_read_seq)"
-        " SELECT id, ?, last_message_id, message_count FROM rooms WHERE kind = 'public'",
+        "INSERT INTO memberships (room_id, user_id, last_read_id, last_read_seq, sidebar)"
+        " SELECT id, ?, last_message_id, message_count, slug = 'general' FROM rooms WHERE kind = 'public'",
         (user_id,),
     )

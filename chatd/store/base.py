@@ -20,7 +20,7 @@ MARKS_CACHE = 5_000
 LATEST_KEPT = 200  # newest message ids kept per room: a room page needs no SQL for them
 
 _USER = "SELECT id, username, admin, active FROM users"
-_ROOM = "SELECT id, slug, name, kind, last_message_id, message_count FROM rooms"
+_ROOM = "SELECT id, slug, name, kind, last_message_id, message_count, archived_at IS NOT NULL FROM rooms"
 _MESSAGE = (
     "SELECT m.id, m.room_id, r.slug, u.username, m.user_id, m.body, m.html, m.created_at,"
     " m.client_id FROM messages m JOIN rooms r ON r.id = m.room_id"
@@ -59,11 +59,15 @@ class StoreBase:
         # Messages never change once stored, so recent ones are kept ready-made.
         self._recent: OrderedDict[int, Message] = OrderedDict()
         # Every room, kept current by this process: rooms are created, and their
-        # counts change, only through this server's writer (one server per database).
+        # counts change, only through this server's writer (one server per database);
+        # a `chatd room` command's changes are read again (reload_rooms).
         self.rooms: dict[int, Room] = {}
         self._public: list[int] = []  # public room ids, by name
         self._public_slugs: dict[str, int] = {}
+        self._slugs: dict[str, int] = {}  # every room
         self._marks: OrderedDict[int, dict[int, int]] = OrderedDict()
+        # Beside each user's marks: public rooms' sidebar states (memberships.sidebar, migration 5).
+        self._states: dict[int, dict[int, int]] = {}
         self._latest: dict[int, list[int]] = {}
         self._sessions: dict[bytes, tuple[User, str, float]] = {}
         # Moves on every change to rooms, counts or read marks: what was computed from
@@ -71,6 +75,11 @@ class StoreBase:
         self.epoch = 0
         self._tokens: dict[bytes, User] = {}
         self._auth_seen: str | None = None  # auth_version the two caches above belong to
+        # Move whenever credentials (auth_version) or rooms (rooms_version) were seen to change:
+        # the live side compares them with what it last acted on (Live.ensure_current).
+        self.auth_epoch = 0
+        self.rooms_epoch = 0
+        self._rooms_seen: str | None = None
         self._watch_seen: int | None = None  # see AccountsStore._credentials_current
         self._auth_looked = False  # _credentials_current already ran in this turn of the loop
 
@@ -78,9 +87,33 @@ class StoreBase:
         """Record a new or changed room in the in-memory room table."""
         self.epoch += 1
         self.rooms[room.id] = room
+        self._slugs[room.slug] = room.id
         if room.kind == "public":
             self._public_slugs[room.slug] = room.id
             self._public = sorted(self._public_slugs.values(), key=lambda i: self.rooms[i].name)
+
+    def forget_room(self, room_id: int) -> Room | None:
+        """A deleted room leaves every in-memory table (its id is never given out again)."""
+        self.epoch += 1
+        room = self.rooms.pop(room_id, None)
+        if room is None:
+            return None
+        self._slugs.pop(room.slug, None)
+        if self._public_slugs.pop(room.slug, None) is not None:
+            self._public = [i for i in self._public if i != room_id]
+        self._latest.pop(room_id, None)
+        for marks in self._marks.values():
+            marks.pop(room_id, None)
+        for states in self._states.values():
+            states.pop(room_id, None)
+        for mid in [mid for mid, m in self._recent.items() if m.room_id == room_id]:
+            del self._recent[mid]
+        return room
+
+    def room_named(self, slug: str) -> Room | None:
+        """Any room by its slug, from the in-memory table (access is decided by chatd.access)."""
+        room_id = self._slugs.get(slug)
+        return None if room_id is None else self.rooms.get(room_id)
 
     def _count_messages(self, messages: list[Message]) -> None:
         """Committed messages: room counts move on, and posting reads the room for its author."""
@@ -91,6 +124,8 @@ class StoreBase:
             if room is not None:
                 room = rooms[m.room_id] = room._replace(last_message_id=m.id, message_count=room.message_count + 1)
                 self.note_mark(m.author_id, room.id, room.message_count, create=room.kind == "public")
+                if room.kind == "public":
+                    self.note_state(m.author_id, room.id, 1)
             latest = self._latest.get(m.room_id)
             # A load that raced this commit may already hold the id: ids only grow.
             if latest is not None and (not latest or m.id > latest[-1]):
@@ -114,13 +149,32 @@ class StoreBase:
     def user_marks(self, conn: sqlite3.Connection, user_id: int) -> dict[int, int]:
         marks = self._marks.get(user_id)
         if marks is None:
-            marks = self._marks[user_id] = dict(conn.execute(
-                "SELECT room_id, last_read_seq FROM memberships WHERE user_id = ?", (user_id,)))
+            rows = conn.execute(
+                "SELECT room_id, last_read_seq, sidebar FROM memberships WHERE user_id = ?", (user_id,)).fetchall()
+            marks = self._marks[user_id] = {r[0]: r[1] for r in rows}
+            self._states[user_id] = {r[0]: r[2] for r in rows if r[2] != 1}
             if len(self._marks) > MARKS_CACHE:
-                self._marks.popitem(last=False)
+                evicted, _ = self._marks.popitem(last=False)
+                self._states.pop(evicted, None)
         else:
             self._marks.move_to_end(user_id)
         return marks
+
+    def user_states(self, conn: sqlite3.Connection, user_id: int) -> dict[int, int]:
+        """Public rooms whose sidebar state is not "joined": room id -> 0 (not joined) or -1 (left).
+        A public room with no read state at all is not joined either (see rooms_for)."""
+        self.user_marks(conn, user_id)
+        return self._states[user_id]
+
+    def note_state(self, user_id: int, room_id: int, state: int) -> None:
+        self.epoch += 1
+        states = self._states.get(user_id)
+        if states is None:
+            return
+        if state == 1:
+            states.pop(room_id, None)
+        else:
+            states[room_id] = state
 
     def note_mark(self, user_id: int, room_id: int, seq: int, create: bool) -> None:
         """A read mark moved forward; `create` when a new row may have appeared."""

@@ -19,69 +19,92 @@ class RoomsStore(StoreBase):
     async def create_room(self, slug: str, name: str, kind: str, creator: User) -> Room:
         def op(conn: sqlite3.Connection) -> Room:
             with transaction(conn):
-                try:
-                    cur = conn.execute(
-                        "INSERT INTO rooms (slug, name, kind, created_by, created_at)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (slug, name, kind, creator.id, time.time()),
-                    )
-                except sqlite3.IntegrityError:
-                    raise Conflict(f"the room {slug} already exists") from None
-                if kind != "public":
-                    conn.execute(
-                        "INSERT INTO memberships (room_id, user_id) VALUES (?, ?)",
-                        (cur.lastrowid, creator.id),
-                    )
-                return _room(conn.execute(f"{_ROOM} WHERE id = ?", (cur.lastrowid,)).fetchone())
+                if conn.execute("SELECT 1 FROM rooms WHERE slug = ?", (slug,)).fetchone():
+                    # The same words whoever holds the slug: a private room is never revealed.
+                    raise Conflict("that room address is already taken; choose another")
+                room_id = _next_room_id(conn)
+                conn.execute(
+                    "INSERT INTO rooms (id, slug, name, kind, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (room_id, slug, name, kind, creator.id, time.time()),
+                )
+                # The creator is a member of a private room, and has joined a public one.
+                conn.execute("INSERT INTO memberships (room_id, user_id) VALUES (?, ?)", (room_id, creator.id))
+                return _room(conn.execute(f"{_ROOM} WHERE id = ?", (room_id,)).fetchone())
 
         room = await self._writer.run(op)
         self.note_room(room)
-        if kind != "public":
-            self.note_mark(creator.id, room.id, 0, create=True)
-        return room
-
-    async def room_for(self, user: User, slug: str) -> Room:
-        """The room if this user may read it; otherwise NotFound, exactly as for no room."""
-        public = self._public_slugs.get(slug)
-        if public is not None:  # every account may read a public room: no query needed
-            return self.rooms[public]
-
-        def op(conn: sqlite3.Connection) -> Room | None:
-            return _room(
-                conn.execute(
-                    "SELECT r.id, r.slug, r.name, r.kind, r.last_message_id, r.message_count FROM rooms r"
-                    " WHERE r.slug = ? AND (r.kind = 'public' OR EXISTS (SELECT 1 FROM"
-                    " memberships m WHERE m.room_id = r.id AND m.user_id = ?))",
-                    (slug, user.id),
-                ).fetchone()
-            )
-
-        room = self._read(op)
-        if room is None:
-            raise NotFound("no such room")
+        self.note_mark(creator.id, room.id, 0, create=True)
         return room
 
     async def room_by_slug(self, slug: str) -> Room | None:
-        """Any room, for administrators' membership management only."""
-        return self._read(
-            lambda c: _room(c.execute(f"{_ROOM} WHERE slug = ?", (slug,)).fetchone())
-        )
+        """Any room, for administrators' room management only (no access check here)."""
+        return self.room_named(slug)
 
     async def rooms_for(self, user: User) -> list[RoomState]:
         """Every room this user may read, with its unread count for them."""
+        return self._read(self.rooms_for_now, user)
+
+    async def sidebar_for(self, user: User) -> list[RoomState]:
+        """The rooms in this user's sidebar: public rooms they joined, or have not joined (and
+        not left) while they hold unread messages; their private rooms; DMs with messages.
+        Archived rooms are left out: they are on the rooms page."""
 
         def op(conn: sqlite3.Connection) -> list[RoomState]:
-            marks = self.user_marks(conn, user.id)
-            rooms, get, make = self.rooms, marks.get, RoomState._make
-            states = [make((rooms[i], max(0, rooms[i].message_count - get(i, 0)), None)) for i in self._public]
-            closed = sorted((rooms[rid] for rid in marks if rid in rooms and rooms[rid].kind != "public"),
-                            key=lambda r: r.name)
-            for r in closed:
-                peer = dm_peer(r.slug, user.username) if r.kind == "dm" else None
-                states.append(RoomState(r, max(0, r.message_count - marks[r.id]), peer))
-            return states
+            marks, states = self.user_marks(conn, user.id), self.user_states(conn, user.id)
+            shown = []
+            for state in self.rooms_for_now(conn, user):
+                room = state.room
+                if room.archived:
+                    continue
+                if room.kind == "public":
+                    joined = room.id in marks and room.id not in states
+                    if not joined and (states.get(room.id) == -1 or not state.unread):
+                        continue
+                elif room.kind == "dm" and not room.last_message_id:
+                    continue
+                shown.append(state)
+            return shown
 
         return self._read(op)
+
+    def rooms_for_now(self, conn: sqlite3.Connection, user: User) -> list[RoomState]:
+        """rooms_for, for a caller already on the event loop's connection."""
+        marks = self.user_marks(conn, user.id)
+        rooms, get, make = self.rooms, marks.get, RoomState._make
+        states = [make((rooms[i], max(0, rooms[i].message_count - get(i, 0)), None)) for i in self._public]
+        closed = sorted((rooms[rid] for rid in marks if rid in rooms and rooms[rid].kind != "public"),
+                        key=lambda r: r.name)
+        for r in closed:
+            peer = dm_peer(r.slug, user.username) if r.kind == "dm" else None
+            states.append(RoomState(r, max(0, r.message_count - marks[r.id]), peer))
+        return states
+
+    def joined(self, user: User, room: Room) -> bool:
+        """Has this user joined this public room (it stays in their sidebar)?"""
+        marks = self._read(self.user_marks, user.id)
+        return room.id in marks and room.id not in self._states.get(user.id, {})
+
+    def left(self, user: User, room: Room) -> bool:
+        """Has this user left this public room (it stays out of their sidebar)?"""
+        self._read(self.user_marks, user.id)
+        return self._states.get(user.id, {}).get(room.id) == -1
+
+    async def set_joined(self, user: User, room: Room, joined: bool) -> None:
+        """Join a public room (into the sidebar) or leave it (out of the sidebar, even with
+        unread messages); the read state is kept either way."""
+        state = 1 if joined else -1
+
+        def op(conn: sqlite3.Connection) -> int:
+            with transaction(conn):
+                row = conn.execute(
+                    "INSERT INTO memberships (room_id, user_id, last_read_id, last_read_seq, sidebar)"
+                    " VALUES (?, ?, 0, 0, ?) ON CONFLICT (room_id, user_id) DO UPDATE SET sidebar = excluded.sidebar"
+                    " RETURNING last_read_seq", (room.id, user.id, state)).fetchone()
+                return row[0]
+
+        seq = await self._writer.run(op)
+        self.note_mark(user.id, room.id, seq, create=True)
+        self.note_state(user.id, room.id, state)
 
     async def unread(self, user: User, room: Room) -> int:
         """Messages after this user's read mark, from the room table and the mirrored marks."""
@@ -93,11 +116,11 @@ class RoomsStore(StoreBase):
 
         def op(conn: sqlite3.Connection) -> Room:
             with transaction(conn):
-                conn.execute(
-                    "INSERT OR IGNORE INTO rooms (slug, name, kind, created_by, created_at)"
-                    " VALUES (?, ?, 'dm', ?, ?)",
-                    (slug, slug, first.id, time.time()),
-                )
+                if not conn.execute("SELECT 1 FROM rooms WHERE slug = ?", (slug,)).fetchone():
+                    conn.execute(
+                        "INSERT INTO rooms (id, slug, name, kind, created_by, created_at) VALUES (?, ?, ?, 'dm', ?, ?)",
+                        (_next_room_id(conn), slug, slug, first.id, time.time()),
+                    )
                 room = _room(conn.execute(f"{_ROOM} WHERE slug = ?", (slug,)).fetchone())
                 for user in (first, second):
                     conn.execute(
@@ -159,7 +182,7 @@ class RoomsStore(StoreBase):
         )
 
     async def closed_rooms(self) -> list[tuple[Room, set[int]]]:
-        """Every private room and DM with its member ids (the hub's routing table)."""
+        """Every private room and DM with its member ids (the access table's start)."""
 
         def op(conn: sqlite3.Connection) -> list[tuple[Room, set[int]]]:
             rooms = {
@@ -211,6 +234,63 @@ class RoomsStore(StoreBase):
         self.note_mark(user.id, room.id, seq, create=room.kind == "public")
         return await self.unread(user, room)
 
+    # -- archiving and deleting (administrators) -----------------------------
+
+    async def archive_room(self, room: Room, archived: bool) -> Room:
+        """Archive a room (readable, closed to new messages) or bring it back."""
+
+        def op(conn: sqlite3.Connection) -> str:
+            with transaction(conn):
+                cur = conn.execute("UPDATE rooms SET archived_at = ? WHERE id = ?",
+                                   (time.time() if archived else None, room.id))
+                if cur.rowcount == 0:
+                    raise NotFound("no such room")
+                return _bump_rooms(conn)
+
+        self._rooms_seen = await self._writer.run(op)
+        current = self.rooms.get(room.id, room)._replace(archived=archived)
+        self.note_room(current)
+        return current
+
+    async def delete_room(self, room: Room) -> int:
+        """Delete a room with its messages and memberships, in one transaction; returns how
+        many messages went. Its ids are never given out again (migration 5)."""
+
+        def op(conn: sqlite3.Connection) -> tuple[int, str]:
+            with transaction(conn):
+                conn.execute(
+                    "UPDATE meta SET value = max(CAST(value AS INTEGER), coalesce((SELECT max(id) FROM messages), 0))"
+                    " WHERE key = 'message_id_floor'")
+                conn.execute("UPDATE meta SET value = max(CAST(value AS INTEGER), ?) WHERE key = 'room_id_floor'",
+                             (room.id,))
+                conn.execute("DELETE FROM memberships WHERE room_id = ?", (room.id,))
+                gone = conn.execute("DELETE FROM messages WHERE room_id = ?", (room.id,)).rowcount
+                if conn.execute("DELETE FROM rooms WHERE id = ?", (room.id,)).rowcount == 0:
+                    raise NotFound("no such room")
+                return gone, _bump_rooms(conn)
+
+        gone, self._rooms_seen = await self._writer.run(op)
+        self.forget_room(room.id)
+        return gone
+
+    def reload_rooms_now(self) -> tuple[list[Room], list[Room]]:
+        """Read the room table again after another process (a `chatd room` command) changed
+        it: returns (rooms whose name or archived state changed, rooms that are gone)."""
+        return self._read(self._reload_rooms)
+
+    def _reload_rooms(self, conn: sqlite3.Connection) -> tuple[list[Room], list[Room]]:
+        found = {row[0]: Room._make(row) for row in conn.execute(_ROOM)}
+        changed = []
+        for room_id, room in found.items():
+            known = self.rooms.get(room_id)
+            if known is None or (known.name, known.archived) != (room.name, room.archived):
+                # Counts in memory may be a commit ahead of this read: keep them.
+                merged = room if known is None else known._replace(name=room.name, archived=room.archived)
+                self.note_room(merged)
+                changed.append(merged)
+        gone = [r for r in (self.forget_room(i) for i in list(self.rooms) if i not in found) if r is not None]
+        return changed, gone
+
     # -- messages -----------------------------------------------------------
 
     async def messages(
@@ -235,16 +315,58 @@ class RoomsStore(StoreBase):
 
         return self._read(op)
 
-    async def messages_since(self, user: User, since: int, limit: int = 1000) -> list[Message]:
-        """The newest `limit` messages above `since` in every room this user may read."""
+    async def replay_start(self, since: int, upto: int, cap: int, user: User | None = None,
+                           room: Room | None = None) -> tuple[int, bool]:
+        """Where a replay of the newest `cap` messages in (since, upto] begins: the id to read
+        after, and whether older ones were left out. `room` for one room, else every room
+        `user` belongs to or that is public."""
 
-        def op(conn: sqlite3.Connection) -> list[Message]:
+        def op(conn: sqlite3.Connection) -> tuple[int, bool]:
+            where, args = _replay_scope(user, room)
             rows = conn.execute(
-                f"{_MESSAGE} WHERE m.id > ? AND (r.kind = 'public' OR EXISTS (SELECT 1 FROM"
-                " memberships x WHERE x.room_id = m.room_id AND x.user_id = ?))"
-                " ORDER BY m.id DESC LIMIT ?",
-                (since, user.id, limit),
-            ).fetchall()
-            return _messages(rows[::-1])
+                f"SELECT m.id FROM messages m JOIN rooms r ON r.id = m.room_id WHERE m.id > ? AND m.id <= ?"
+                f" AND {where} ORDER BY m.id DESC LIMIT ?", (since, upto, *args, cap + 1)).fetchall()
+            if len(rows) <= cap:
+                return since, False
+            return rows[cap][0], True
 
         return await self._reader.run(op)
+
+    async def replay_page(self, after: int, upto: int, limit: int, user: User | None = None,
+                          room: Room | None = None) -> list[Message]:
+        """The next `limit` messages of a replay, in id order."""
+
+        def op(conn: sqlite3.Connection) -> list[Message]:
+            where, args = _replay_scope(user, room)
+            rows = conn.execute(f"{_MESSAGE} WHERE m.id > ? AND m.id <= ? AND {where} ORDER BY m.id LIMIT ?",
+                                (after, upto, *args, limit)).fetchall()
+            return _messages(rows)
+
+        return await self._reader.run(op)
+
+    def newest_id(self) -> int:
+        """The highest message id stored, deleted ones included."""
+        return self._read(lambda c: c.execute(
+            "SELECT max(coalesce((SELECT max(id) FROM messages), 0),"
+            " (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'message_id_floor'))").fetchone()[0])
+
+
+def _replay_scope(user: User | None, room: Room | None) -> tuple[str, tuple[int, ...]]:
+    if room is not None:
+        return "m.room_id = ?", (room.id,)
+    assert user is not None
+    return ("(r.kind = 'public' OR EXISTS (SELECT 1 FROM memberships x WHERE x.room_id = m.room_id"
+            " AND x.user_id = ?))", (user.id,))
+
+
+def _bump_rooms(conn: sqlite3.Connection) -> str:
+    """Tell this and other processes that rooms were archived or deleted (see reload_rooms)."""
+    return conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'rooms_version'"
+                        " RETURNING value").fetchone()[0]
+
+
+def _next_room_id(conn: sqlite3.Connection) -> int:
+    """Above every room id ever given out, deleted rooms' included (migration 5)."""
+    return conn.execute(
+        "SELECT max(coalesce((SELECT max(id) FROM rooms), 0),"
+        " (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'room_id_floor')) + 1").fetchone()[0]

@@ -92,6 +92,19 @@ MIGRATIONS: list[str] = [
     CREATE INDEX messages_client ON messages(user_id, client_id)
         WHERE client_id IS NOT NULL;
     """,
+    # 5: rooms can be archived (read-only, out of the sidebar) and deleted. A deleted room's
+    # ids are never used again: the floors are the highest message and room ids ever given
+    # out, so a new message or room after a deletion still gets a higher id than any before.
+    # memberships.sidebar, for public rooms: 1 joined (listed in the sidebar), 0 not joined
+    # (listed only while it has unread messages), -1 left (not listed). Existing read
+    # states count as joined, so nobody's sidebar changes on upgrade.
+    """
+    ALTER TABLE rooms ADD COLUMN archived_at REAL;
+    ALTER TABLE memberships ADD COLUMN sidebar INTEGER NOT NULL DEFAULT 1;
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('message_id_floor', '0');
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('room_id_floor', '0');
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('rooms_version', '0');
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

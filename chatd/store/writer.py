@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from chatd.errors import ChatdError, StorageUnavailable
+from chatd.errors import ChatdError, Forbidden, NotFound, StorageUnavailable
 from chatd.models import Message, Room, User
 from chatd.store.db import Connection, storage_error, transaction
 
@@ -38,6 +38,7 @@ CHECKPOINT_EVERY = 200  # inline commits between WAL checkpoints (a few MB of lo
 
 OnCommit = Callable[[list[Message]], None]
 OnLatency = Callable[[float], None]
+Result = tuple[Message, bool] | ChatdError  # (message, created) or why it was refused
 
 
 @dataclass(slots=True)
@@ -49,6 +50,9 @@ class Pending:
     client_id: str | None
     created_at: float
     future: asyncio.Future[tuple[Message, bool]] = field(repr=False)
+    # Asked on the event loop just before the batch is written: may the author still post
+    # here, from where they posted (chatd.access, the socket still open)?
+    allowed: Callable[[], bool] = field(repr=False, default=lambda: True)
 
 
 class MessageWriter:
@@ -84,13 +88,14 @@ class MessageWriter:
             await self._task
 
     async def submit(
-        self, room: Room, author: User, body: str, html: str, client_id: str | None
+        self, room: Room, author: User, body: str, html: str, client_id: str | None,
+        allowed: Callable[[], bool] = lambda: True,
     ) -> tuple[Message, bool]:
         """Queue one message; returns (message, created) after its commit."""
         if self._closing:
             raise StorageUnavailable("the server is shutting down; send again in a moment")
         future: asyncio.Future[tuple[Message, bool]] = self._loop.create_future()
-        self._pending.append(Pending(room, author, body, html, client_id, time.time(), future))
+        self._pending.append(Pending(room, author, body, html, client_id, time.time(), future, allowed))
         self._wake.set()
         return await future
 
@@ -126,6 +131,13 @@ class MessageWriter:
             waiting = len(self._pending)
 
     async def _write(self, batch: list[Pending]) -> None:
+        refused = NotFound("you can no longer post in this room")
+        for item in batch:
+            if not item.allowed() and not item.future.done():
+                item.future.set_exception(refused)
+        batch = [item for item in batch if not item.future.done()]  # a caller may also have gone
+        if not batch:
+            return
         started = time.perf_counter()
         try:
             results = await self._insert(batch)
@@ -140,14 +152,18 @@ class MessageWriter:
             return
         self._on_latency(time.perf_counter() - started)
         try:
-            self._on_commit([message for message, created in results if created])
+            self._on_commit([r[0] for r in results if not isinstance(r, ChatdError) and r[1]])
         except Exception:  # a publishing bug must not lose acknowledgements
             log.exception("event=publish_failed")
         for item, result in zip(batch, results, strict=True):
-            if not item.future.done():
+            if item.future.done():
+                continue
+            if isinstance(result, ChatdError):
+                item.future.set_exception(result)
+            else:
                 item.future.set_result(result)
 
-    async def _insert(self, batch: list[Pending]) -> list[tuple[Message, bool]]:
+    async def _insert(self, batch: list[Pending]) -> list[Result]:
         """Inline when the write lock is free; otherwise wait for it on the writer thread."""
         if self._inline is not None:
             try:
@@ -175,15 +191,18 @@ def _checkpoint(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
-def _insert_batch(conn: sqlite3.Connection, batch: list[Pending]) -> list[tuple[Message, bool]]:
-    results: list[tuple[Message, bool]] = []
+def _insert_batch(conn: sqlite3.Connection, batch: list[Pending]) -> list[Result]:
+    results: list[Result] = []
     with transaction(conn):
-        next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchone()[0]
+        next_id = conn.execute(
+            "SELECT max(coalesce((SELECT max(id) FROM messages), 0),"
+            " (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'message_id_floor')) + 1").fetchone()[0]
         rows: list[tuple[object, ...]] = []
         known = _stored_retries(conn, batch)  # this batch's new messages join it as they come
         counts: dict[int, int] = {}  # room id -> message count so far
         last: dict[int, int] = {}  # room id -> newest message id
         marks: dict[tuple[int, int], tuple[Pending, int, int]] = {}  # posting reads the room
+        checked: dict[tuple[int, int], ChatdError | None] = {}
         for item in batch:
             # The same author, client_id, room and body as a message stored or earlier in this
             # batch is a retry of it; a reused client_id with another body or room is new.
@@ -193,9 +212,12 @@ def _insert_batch(conn: sqlite3.Connection, batch: list[Pending]) -> list[tuple[
                 results.append((existing, False))
                 continue
             room_id = item.room.id
-            if room_id not in counts:
-                counts[room_id] = conn.execute(
-                    "SELECT message_count FROM rooms WHERE id = ?", (room_id,)).fetchone()[0]
+            where = (room_id, item.author.id)
+            if where not in checked:
+                checked[where] = _refusal(conn, item, counts)
+            if checked[where] is not None:
+                results.append(checked[where])
+                continue
             counts[room_id] += 1
             message = Message(
                 next_id, room_id, item.room.slug, item.author.username, item.author.id,
@@ -219,11 +241,31 @@ def _insert_batch(conn: sqlite3.Connection, batch: list[Pending]) -> list[tuple[
         )
         reads: dict[str, list[tuple[int, int, int, int]]] = {}
         for item, message_id, seq in marks.values():
-            reads.setdefault(_read_mark_sql(item.room), []).append(
+            reads.setdefault(_POSTED_PUBLIC if item.room.kind == "public" else _READ_MEMBER, []).append(
                 (item.room.id, item.author.id, message_id, seq))
         for sql, params in reads.items():
             conn.executemany(sql, params)
     return results
+
+
+def _refusal(conn: sqlite3.Connection, item: Pending, counts: dict[int, int]) -> ChatdError | None:
+    """Why this author may not post in this room, checked in the transaction that would store
+    it (the room deleted or archived, or the author no longer a member); None if they may."""
+    room_id = item.room.id
+    if room_id not in counts:
+        row = conn.execute("SELECT message_count, kind, archived_at FROM rooms WHERE id = ?", (room_id,)).fetchone()
+        if row is None:
+            return NotFound("no such room")
+        if row[2] is not None:
+            return Forbidden("this room is archived; it takes no new messages")
+        if row[1] != "public" and not conn.execute(
+                "SELECT 1 FROM memberships WHERE room_id = ? AND user_id = ?", (room_id, item.author.id)).fetchone():
+            return NotFound("no such room")
+        counts[room_id] = row[0]
+    elif item.room.kind != "public" and not conn.execute(
+            "SELECT 1 FROM memberships WHERE room_id = ? AND user_id = ?", (room_id, item.author.id)).fetchone():
+        return NotFound("no such room")
+    return None
 
 
 Retry = tuple[int, str | None, int, str]  # author id, client_id, room id, body
@@ -256,6 +298,12 @@ _READ_PUBLIC = (  # a public room gets a read-state row on the fly
     " ON CONFLICT (room_id, user_id) DO UPDATE SET"
     " last_read_id = max(last_read_id, excluded.last_read_id),"
     " last_read_seq = max(last_read_seq, excluded.last_read_seq)"
+)
+_POSTED_PUBLIC = (  # posting in a public room also joins it (memberships.sidebar, migration 5)
+    "INSERT INTO memberships (room_id, user_id, last_read_id, last_read_seq) VALUES (?1, ?2, ?3, ?4)"
+    " ON CONFLICT (room_id, user_id) DO UPDATE SET"
+    " last_read_id = max(last_read_id, excluded.last_read_id),"
+    " last_read_seq = max(last_read_seq, excluded.last_read_seq), sidebar = 1"
 )
 _READ_MEMBER = (  # in a private room or DM a row is membership, which reading must not create
     "UPDATE memberships SET last_read_id = max(last_read_id, ?3), last_read_seq = max(last_read_seq, ?4)"
