@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
+from typing import TypeVar
 
 from chatd import rules, security
 from chatd.config import Config
@@ -13,7 +15,45 @@ from chatd.limits import Window
 from chatd.models import Credential, User
 from chatd.store import Store
 
+T = TypeVar("T")
 log = logging.getLogger("chatd.auth")
+PASSWORD_CHECKS_AT_ONCE = 1  # scrypt takes a core for ~50 ms: the event loop keeps the other
+PASSWORD_CHECKS_WAITING = 32  # more than this waiting, and a sign-in is told to come back
+
+
+class PasswordWork:
+    """scrypt (hashing and checking passwords) on a thread, a bounded number at a time, so a
+    flood of sign-ins cannot take every core from the event loop; past a short queue,
+    callers are refused at once rather than queued without end."""
+
+    def __init__(self, at_once: int = PASSWORD_CHECKS_AT_ONCE, waiting: int = PASSWORD_CHECKS_WAITING) -> None:
+        self.max_waiting = waiting
+        self._slots = asyncio.Semaphore(at_once)
+        self.waiting = 0
+        self.running = 0
+        self.peak = 0  # the most that ever ran at once (for tests and curiosity)
+        self.runs = 0
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        if self.waiting >= self.max_waiting:
+            raise RateLimited("the server is busy signing people in; try again in a moment", 2)
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            self.running += 1
+            self.peak, self.runs = max(self.peak, self.running), self.runs + 1
+            work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                await asyncio.wait([work])  # the thread runs on: keep its slot until it is done
+                raise
+        finally:
+            self.running -= 1
+            self._slots.release()
 
 
 class Accounts:
@@ -22,12 +62,13 @@ class Accounts:
         self.store = store
         self.by_account = Window(config.login_attempts_per_account, config.login_window_seconds)
         self.by_ip = Window(config.login_attempts_per_ip, config.login_window_seconds)
+        self.passwords = PasswordWork()
 
     async def create_user(self, username: object, password: object, admin: bool = False) -> User:
         """Validate and create an account (the password is hashed off the event loop)."""
         name = rules.check_username(username)
         secret = rules.check_password(password)
-        hashed = await asyncio.to_thread(security.hash_password, secret)
+        hashed = await self.passwords.run(security.hash_password, secret)
         user = await self.store.create_user(name, hashed, admin)
         log.info("event=user_created user=%s admin=%s", name, admin)
         return user
@@ -35,7 +76,7 @@ class Accounts:
     async def set_password(self, username: object, password: object) -> None:
         name = rules.check_username(username)
         secret = rules.check_password(password)
-        hashed = await asyncio.to_thread(security.hash_password, secret)
+        hashed = await self.passwords.run(security.hash_password, secret)
         await self.store.set_password(name, hashed)
         log.info("event=password_changed user=%s", name)
 
@@ -56,7 +97,11 @@ class Accounts:
         return token
 
     async def authenticate(self, username: object, password: object, ip: str) -> User:
-        """Check a login; failures are limited per account and per address."""
+        """Check a login; attempts are limited per account and per address.
+
+        The attempt is counted before the password is checked, so guesses sent all at once
+        cannot all pass the limit while the first ones are still being checked: at most
+        login_attempts_per_account checks run per window. A success takes its count back."""
         name = username.strip().lower() if isinstance(username, str) else ""
         wait = max(self.by_ip.blocked(ip), self.by_account.blocked(name))
         if wait:
@@ -64,14 +109,21 @@ class Accounts:
             raise RateLimited("too many failed sign-in attempts; wait a few minutes", wait)
         if not isinstance(password, str) or not name or len(password) > rules.MAX_PASSWORD:
             raise Unauthorized("wrong username or password")
+        self.by_ip.hit(ip)
+        self.by_account.hit(name)
         found = await self.store.user_with_hash(name) if rules.USERNAME_RE.fullmatch(name) else None
         stored = found[1] if found and found[0].active else None
-        if not await asyncio.to_thread(security.verify_password, password, stored):
-            self.by_ip.hit(ip)
-            self.by_account.hit(name)
+        try:
+            right = await self.passwords.run(security.verify_password, password, stored)
+        except RateLimited:  # the server was too busy to check: not an attempt
+            self.by_ip.forget_last(ip)
+            self.by_account.forget_last(name)
+            raise
+        if not right:
             log.info("event=login_failed user=%s ip=%s", _loggable(name), ip)
             raise Unauthorized("wrong username or password")
         self.by_account.clear(name)
+        self.by_ip.forget_last(ip)
         assert found is not None
         return found[0]
 
@@ -118,7 +170,7 @@ class Accounts:
         secret = rules.check_password(password)
         if not token:
             raise BadInput("the setup link is incomplete")
-        hashed = await asyncio.to_thread(security.hash_password, secret)
+        hashed = await self.passwords.run(security.hash_password, secret)
         user = await self.store.create_first_admin(security.setup_hash(token), name, hashed)
         log.info("event=setup_complete user=%s", name)
         return user
