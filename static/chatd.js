@@ -44,8 +44,9 @@
     setState("connecting", "connecting…");
   });
   document.addEventListener("htmx:ws:after:connection", () => setState("online", "live"));
+  let roomGone = false;
   document.addEventListener("htmx:ws:close", (e) => {
-    if (e.detail.code === 1008) setState("offline", "signed out");
+    if (e.detail.code === 1008) setState("offline", roomGone ? "no access" : "signed out");
     else setState("connecting", "reconnecting…");
   });
 
@@ -175,8 +176,10 @@
     badge.textContent = count > 0 ? String(count) : "";
     badge.closest("a")?.classList.toggle("has-unread", count > 0);
   }
+  const left = new Set((body.dataset.left || "").split(" ").filter(Boolean));
   function bumpUnread(ev) {
     let badge = document.querySelector(`[data-unread="${CSS.escape(ev.unread)}"]`);
+    if (!badge && left.has(ev.unread)) return;  // a public room this person left stays out
     if (!badge) badge = addToSidebar(ev);
     setUnread(ev.unread, (Number(badge.textContent) || 0) + 1);
     if (document.hidden && (ev.mention || ev.kind === "dm")) {
@@ -207,6 +210,19 @@
     let total = unseenHere;
     document.querySelectorAll(".badge[data-unread]").forEach((b) => { total += Number(b.textContent) || 0; });
     document.title = document.hidden && total > 0 ? `(${total}) ${baseTitle}` : baseTitle;
+  }
+
+  // -- access that ends: the room leaves the sidebar; on its own page, the page says so --------
+  function roomRemoved(slug, here) {
+    document.querySelector(`[data-unread="${CSS.escape(slug)}"]`)?.closest("li")?.remove();
+    if (!here) return;
+    roomGone = true;
+    composer.hidden = true;
+    const note = document.createElement("p");
+    note.className = "archived-note";
+    note.setAttribute("role", "alert");
+    note.textContent = "You no longer have access to this room.";
+    composer.before(note);
   }
 
   // -- typing -------------------------------------------------------------------------------------
@@ -267,6 +283,7 @@
       }
       toast(ev.error);
     }
+    if (ev.room_removed) roomRemoved(ev.room_removed, ev.here);
     if (ev.reload) location.reload();
     updateTitle();
   });

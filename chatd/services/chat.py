@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -16,6 +17,56 @@ from chatd.store import Store
 
 log = logging.getLogger("chatd.chat")
 MAX_LIMIT = 200
+READ_MARK_INTERVAL = 0.2  # seconds between two transactions of read marks
+
+
+class ReadMarks:
+    """Read marks, written together: at most one transaction per READ_MARK_INTERVAL for all
+    users, each user's marks in a room coalesced to the highest. A lone mark is written at
+    once; a flood of read frames costs a dictionary update each, and others' posts do not
+    queue behind hundreds of little transactions. Each caller is answered after the commit
+    that holds its mark."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pending: dict[tuple[int, int], tuple[User, Room, int]] = {}
+        self._waiters: list[asyncio.Future[None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._last = -READ_MARK_INTERVAL
+        self.transactions = 0
+
+    async def mark(self, user: User, room: Room, message_id: int) -> None:
+        key = (user.id, room.id)
+        known = self._pending.get(key)
+        if known is None or known[2] < message_id:
+            self._pending[key] = (user, room, message_id)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        if self._task is None:
+            self._task = asyncio.create_task(self._flush(), name="chatd-read-marks")
+        await waiter
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                await asyncio.sleep(max(0.0, self._last + READ_MARK_INTERVAL - loop.time()))
+                marks, self._pending = list(self._pending.values()), {}
+                waiters, self._waiters = self._waiters, []
+                self._last = loop.time()
+                self.transactions += 1
+                try:
+                    await self.store.mark_read_many(marks)
+                except Exception as exc:
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                    continue
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        finally:
+            self._task = None
 
 
 class Chat:
@@ -26,6 +77,7 @@ class Chat:
         self.access = live.access
         self.flood = TokenBucket(config.messages_per_second, config.message_burst)
         self.room_limit = Window(config.rooms_per_hour, 3600)
+        self.read_marks = ReadMarks(store)
 
     # -- rooms ------------------------------------------------------------------
 
@@ -84,7 +136,7 @@ class Chat:
 
     async def archive_room(self, actor: User, slug: object, archived: bool) -> Room:
         """Administrators: archive a room (readable, no new messages, off the sidebar) or undo it."""
-        room = self._administered(actor, slug)
+        room = self.administered(actor, slug)
         room = await self.store.archive_room(room, archived)
         self.live.room_archived(room)
         log.info("event=room_%s room=%s by=%s", "archived" if archived else "unarchived", room.slug, actor.username)
@@ -92,13 +144,14 @@ class Chat:
 
     async def delete_room(self, actor: User, slug: object) -> int:
         """Administrators: delete a room and its messages; returns how many messages went."""
-        room = self._administered(actor, slug)
+        room = self.administered(actor, slug)
         gone = await self.store.delete_room(room)
         self.live.room_deleted(room)
         log.info("event=room_deleted room=%s messages=%d by=%s", room.slug, gone, actor.username)
         return gone
 
-    def _administered(self, actor: User, slug: object) -> Room:
+    def administered(self, actor: User, slug: object) -> Room:
+        """A room an administrator may archive or delete (not a DM, not general)."""
         if not actor.admin:
             raise Forbidden("only administrators can archive or delete rooms")
         room = self.store.room_named(slug) if isinstance(slug, str) else None
@@ -223,7 +276,8 @@ class Chat:
         mid = parse_int(message_id, "message_id", default=None, low=0)
         if mid is None:
             raise BadInput("message_id is required")
-        unread = await self.store.mark_read(user, room, mid)
+        await self.read_marks.mark(user, room, mid)
+        unread = await self.store.unread(user, room)
         self.live.read_changed(user, room, unread)
         return unread
 

@@ -79,10 +79,33 @@ class RoomsStore(StoreBase):
             states.append(RoomState(r, max(0, r.message_count - marks[r.id]), peer))
         return states
 
+    async def directory(self, user: User) -> list[tuple[RoomState, int]]:
+        """Every room but DMs this user may read, with their sidebar state: 1 joined (a private
+        room's member), 0 not joined, -1 left."""
+
+        def op(conn: sqlite3.Connection) -> list[tuple[RoomState, int]]:
+            marks, states = self.user_marks(conn, user.id), self.user_states(conn, user.id)
+            out = []
+            for state in self.rooms_for_now(conn, user):
+                room = state.room
+                if room.kind == "dm":
+                    continue
+                joined = 1 if room.kind != "public" else (states.get(room.id, 1) if room.id in marks else 0)
+                out.append((state, joined))
+            return out
+
+        return self._read(op)
+
     def joined(self, user: User, room: Room) -> bool:
         """Has this user joined this public room (it stays in their sidebar)?"""
         marks = self._read(self.user_marks, user.id)
         return room.id in marks and room.id not in self._states.get(user.id, {})
+
+    def left_slugs(self, user: User) -> list[str]:
+        """The public rooms this user left (kept out of their sidebar even with news)."""
+        self._read(self.user_marks, user.id)
+        rooms = self.rooms
+        return sorted(rooms[i].slug for i, s in self._states.get(user.id, {}).items() if s == -1 and i in rooms)
 
     def left(self, user: User, room: Room) -> bool:
         """Has this user left this public room (it stays out of their sidebar)?"""
@@ -109,7 +132,10 @@ class RoomsStore(StoreBase):
     async def unread(self, user: User, room: Room) -> int:
         """Messages after this user's read mark, from the room table and the mirrored marks."""
         marks = self._read(self.user_marks, user.id)
-        return max(0, self.rooms[room.id].message_count - marks.get(room.id, 0))
+        current = self.rooms.get(room.id)
+        if current is None:
+            raise NotFound("no such room")
+        return max(0, current.message_count - marks.get(room.id, 0))
 
     async def open_dm(self, slug: str, first: User, second: User) -> Room:
         """The one DM room of this pair, created on first use."""
@@ -217,22 +243,25 @@ class RoomsStore(StoreBase):
 
         return await self._reader.run(op)
 
-    async def mark_read(self, user: User, room: Room, message_id: int) -> int:
-        """Move this user's read mark forward (never back); return the room's unread count."""
+    async def mark_read_many(self, marks: list[tuple[User, Room, int]]) -> None:
+        """Move these read marks forward (never back), all in one transaction."""
 
-        def op(conn: sqlite3.Connection) -> int:
+        def op(conn: sqlite3.Connection) -> list[int]:
+            seqs = []
             with transaction(conn):
-                row = conn.execute(
-                    "SELECT id, seq FROM messages WHERE room_id = ? AND id <= ? ORDER BY id DESC LIMIT 1",
-                    (room.id, message_id),
-                ).fetchone()
-                if row is not None:
-                    advance_read_mark(conn, room, user.id, row[0], row[1])
-                return row[1] if row else 0
+                for user, room, message_id in marks:
+                    row = conn.execute(
+                        "SELECT id, seq FROM messages WHERE room_id = ? AND id <= ? ORDER BY id DESC LIMIT 1",
+                        (room.id, message_id),
+                    ).fetchone()
+                    if row is not None:
+                        advance_read_mark(conn, room, user.id, row[0], row[1])
+                    seqs.append(row[1] if row else 0)
+            return seqs
 
-        seq = await self._writer.run(op)
-        self.note_mark(user.id, room.id, seq, create=room.kind == "public")
-        return await self.unread(user, room)
+        seqs = await self._writer.run(op)
+        for (user, room, _), seq in zip(marks, seqs, strict=True):
+            self.note_mark(user.id, room.id, seq, create=room.kind == "public")
 
     # -- archiving and deleting (administrators) -----------------------------
 

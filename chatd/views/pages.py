@@ -1,4 +1,4 @@
-"""Browser pages, partials and the HTMX socket. Server-rendered; htmx makes it live."""
+"""Browser pages, partials and the HTMX socket: sign-in, setup, the room page, members, admin."""
 
 from __future__ import annotations
 
@@ -170,6 +170,7 @@ async def home(request: web.Request) -> web.Response:
 
 async def _room_page(request: web.Request, user: User, credential: Any, room: Room) -> web.Response:
     services = _svc(request)
+    await services.chat.visit(user, room)
     page = request.app[CONFIG].history_page
     messages = await services.store.messages(room, limit=page)
     rooms_html, dms_html = await _sidebar(request, user, room)
@@ -180,6 +181,8 @@ async def _room_page(request: web.Request, user: User, credential: Any, room: Ro
         # The viewer's own socket is about to open: list them already.
         "online": sorted(set(services.live.online_in(room.id)) | {user.username}), "peer": _peer(room, user),
         "last_id": messages[-1].id if messages else 0,
+        "joined": room.kind == "public" and services.store.joined(user, room),
+        "left": services.store.left_slugs(user),
     }
     return _page(request, "room.html", ctx)
 
@@ -306,7 +309,8 @@ async def admin_page(request: web.Request) -> web.Response:
     if not user.admin:
         raise Forbidden("only administrators can see this page")
     rooms = await request.app[STORE].all_rooms()
-    ctx = {"me": user, "rooms": rooms, "csrf": credential.csrf, "title": "Administration"}
+    ctx = {"me": user, "rooms": rooms, "csrf": credential.csrf, "title": "Administration",
+           "error": request.query.get("error", "")[:200], "deleted": request.query.get("deleted", "")[:64]}
     return _page(request, "admin.html", ctx)
 
 
