@@ -91,7 +91,7 @@ class StoreBase:
         self._slugs[room.slug] = room.id
         if room.kind == "public":
             self._public_slugs[room.slug] = room.id
-            self._public = sorted(self._public_slugs.values(), key=lambda i: self.rooms[i].name)
+            self._public = sorted(self._public_slugs.values(), key=lambda i: self.rooms[i].name.casefold())
 
     def forget_room(self, room_id: int) -> Room | None:
         """A deleted room leaves every in-memory table (its id is never given out again)."""

@@ -73,7 +73,7 @@ class RoomsStore(StoreBase):
         rooms, get, make = self.rooms, marks.get, RoomState._make
         states = [make((rooms[i], max(0, rooms[i].message_count - get(i, 0)), None)) for i in self._public]
         closed = sorted((rooms[rid] for rid in marks if rid in rooms and rooms[rid].kind != "public"),
-                        key=lambda r: r.name)
+                        key=lambda r: r.name.casefold())
         for r in closed:
             peer = dm_peer(r.slug, user.username) if r.kind == "dm" else None
             states.append(RoomState(r, max(0, r.message_count - marks[r.id]), peer))
@@ -229,7 +229,7 @@ class RoomsStore(StoreBase):
 
         def op(conn: sqlite3.Connection) -> list[tuple[Room, list[str]]]:
             out = []
-            for row in conn.execute(f"{_ROOM} WHERE kind <> 'dm' ORDER BY name").fetchall():
+            for row in conn.execute(f"{_ROOM} WHERE kind <> 'dm' ORDER BY name COLLATE NOCASE").fetchall():
                 names = [
                     r[0]
                     for r in conn.execute(
