@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from chatd.errors import BadInput
 
@@ -82,9 +83,33 @@ class Config:
                 raise BadInput(f"trusted_proxies: {entry!r} is not an address or network") from None
         if self.connections_per_user < 1 or self.max_frame_bytes < 1024:
             raise BadInput("connections_per_user must be at least 1, max_frame_bytes at least 1024")
+        if self.header_timeout_seconds <= 0 or self.body_timeout_seconds <= 0:
+            raise BadInput("header_timeout_seconds and body_timeout_seconds must be positive")
+        # Frozen: the normalised form replaces what was given, once, here.
+        object.__setattr__(self, "public_url", tuple(origin_of(entry) for entry in self.public_url))
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(url: str) -> str:
+    """A public_url entry as the origin browsers send: scheme://host[:port], lower case,
+    without a default port or a trailing slash; BadInput for anything else."""
+    parts = urlsplit(url.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname or port == -1 or parts.username
+            or parts.password is not None or parts.path not in ("", "/") or parts.query or parts.fragment):
+        raise BadInput(f"public_url: {url!r} is not an http or https address with a host and no path, "
+                       "such as https://chat.example.org")
+    scheme = parts.scheme.lower()
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    return f"{scheme}://{host}" + ("" if port in (None, _DEFAULT_PORTS[scheme]) else f":{port}")
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
