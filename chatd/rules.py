@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,8 +18,16 @@ MAX_PASSWORD = 1024
 MAX_ROOM_NAME = 80
 CLIENT_ID_RE = re.compile(r"[\x21-\x7e]{1,64}")
 
-# A URL runs to the next space or '<'; trailing punctuation is trimmed below.
-_URL_RE = re.compile(r"https?://[^\s<>\"']+", re.IGNORECASE)
+# Bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069) reorder the
+# text around them: "evil.example/\u202egnp.exe" shows as "evil.example/exe.png". The marks
+# right-to-left writers use (LRM, RLM, ALM) reorder nothing and are kept.
+_BIDI_RE = re.compile("[\u202a-\u202e\u2066-\u2069]")
+# Characters that show nothing but are not white space or format characters (category Cf):
+# Hangul fillers, the braille blank, combining grapheme joiner, variation selectors.
+_INVISIBLE = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180e\u180f\u2800\u3164\uffa0"
+                       + "".join(map(chr, range(0xFE00, 0xFE10))) + "".join(map(chr, range(0xE0100, 0xE01F0))))
+# A URL runs to the next space, '<' or bidi control; trailing punctuation is trimmed below.
+_URL_RE = re.compile(r"https?://[^\s<>\"'\u202a-\u202e\u2066-\u2069]+", re.IGNORECASE)
 _MENTION_RE = re.compile(r"(?<![\w@/.])@([A-Za-z0-9][A-Za-z0-9_.-]{0,31})")
 _TRAILING = ".,;:!?'\")]}"
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -55,8 +64,8 @@ def check_room_name(name: object, slug: str) -> str:
         return slug
     if not isinstance(name, str) or has_surrogates(name):
         raise BadInput("the room name must be text")
-    name = " ".join(_CONTROL_RE.sub("", name).split())
-    if not name:
+    name = " ".join(_BIDI_RE.sub("", _CONTROL_RE.sub("", name)).split())
+    if is_blank(name):
         return slug
     if len(name) > MAX_ROOM_NAME:
         raise BadInput(f"room names are at most {MAX_ROOM_NAME} characters")
@@ -79,6 +88,13 @@ def has_surrogates(text: str) -> bool:
     return False
 
 
+def is_blank(text: str) -> bool:
+    """True when the text shows nothing: only white space, format characters (category Cf:
+    zero-width space and joiners, word joiner, BOM, soft hyphen, bidi controls...) and
+    invisible fillers. The one rule for "blank" (bodies, room names; reactions too)."""
+    return all(ch.isspace() or ch in _INVISIBLE or unicodedata.category(ch) == "Cf" for ch in text)
+
+
 def check_body(body: object) -> str:
     """Normalise a message body; 400 for empty or malformed, 413 when too long."""
     if not isinstance(body, str):
@@ -88,7 +104,7 @@ def check_body(body: object) -> str:
     body = _CONTROL_RE.sub("", body.replace("\r\n", "\n").replace("\r", "\n"))
     if len(body) > MAX_BODY:
         raise TooLarge(f"body is longer than {MAX_BODY} characters")
-    if not body.strip():
+    if is_blank(body):
         raise BadInput("body must not be empty")
     return body
 
@@ -102,7 +118,7 @@ class Rendered:
 def render_body(body: str, is_user: Callable[[str], bool]) -> Rendered:
     """Escape a body, link URLs and @mentions of real users, keep line breaks."""
     if "://" not in body and "@" not in body:  # most messages: nothing to link, 10x quicker
-        return Rendered(html.escape(body, quote=False).replace("\n", "<br>"), frozenset())
+        return Rendered(_escape(body).replace("\n", "<br>"), frozenset())
     parts: list[str] = []
     mentions: set[str] = set()
     pos = 0
@@ -112,7 +128,7 @@ def render_body(body: str, is_user: Callable[[str], bool]) -> Rendered:
             continue
         start = match.start()
         parts.append(_render_text(body[pos:start], is_user, mentions))
-        href = html.escape(url, quote=True)
+        href = html.escape(url, quote=True)  # the URL stops at a bidi control: none in here
         parts.append(f'<a href="{href}" rel="noopener nofollow" target="_blank">{href}</a>')
         pos = start + len(url)
     parts.append(_render_text(body[pos:], is_user, mentions))
@@ -139,14 +155,27 @@ def _render_text(text: str, is_user: Callable[[str], bool], mentions: set[str]) 
         if not name or not is_user(name):
             continue
         start, end = match.start(), match.start() + 1 + len(name)
-        out.append(html.escape(text[pos:start], quote=False))
+        out.append(_escape(text[pos:start]))
         mentions.add(name)
         out.append(
             f'<a class="mention" href="/dm/{name}" data-mention="{name}">@{html.escape(name)}</a>'
         )
         pos = end
-    out.append(html.escape(text[pos:], quote=False))
+    out.append(_escape(text[pos:]))
     return "".join(out)
+
+
+def _escape(text: str) -> str:
+    """Text as HTML: escaped, and each bidi control shown by name instead of acting."""
+    escaped = html.escape(text, quote=False)
+    if escaped.isascii():  # O(1) in CPython, and most text: no bidi control to look for
+        return escaped
+    return _BIDI_RE.sub(_show_control, escaped)
+
+
+def _show_control(match: re.Match[str]) -> str:
+    name = f"U+{ord(match.group(0)):04X}"
+    return f'<span class="bidi" title="{name}">{name}</span>'
 
 
 def dm_slug(a: str, b: str) -> str:

@@ -98,3 +98,55 @@ def test_text_frame_lengths(size: int) -> None:
     assert frame[0] == 0x81
     header = {True: 2, False: 4 if size < 65536 else 10}[size < 126]
     assert len(frame) == header + size
+
+
+# -- invisible and reordering characters ---------------------------------------------------
+
+INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\u202e", "\u2066", "\u200f",
+             "\u115f", "\u1160", "\u3164", "\uffa0", "\u2800", "\u180e", "\ufe0f"]
+
+
+@pytest.mark.parametrize("char", INVISIBLE)
+def test_a_body_of_only_invisible_characters_is_blank(char: str) -> None:
+    assert rules.is_blank(char * 3) and rules.is_blank(f" {char}\n{char}\t")
+    with pytest.raises(BadInput, match="body must not be empty"):
+        rules.check_body(f"{char} {char}")
+
+
+def test_text_with_anything_visible_is_not_blank() -> None:
+    assert rules.is_blank("") and rules.is_blank(" \n\u3000")
+    for text in ("\u200bx", "\u202e\u05d0", "😀\u200d", ".", "\u0301"):
+        assert not rules.is_blank(text), repr(text)
+    assert rules.check_body("\u200bhi") == "\u200bhi"  # kept verbatim
+
+
+def test_room_names_lose_bidi_controls_and_keep_right_to_left_marks() -> None:
+    assert rules.check_room_name("cat \u202egnp.exe\u202c", "pics") == "cat gnp.exe"
+    assert rules.check_room_name("\u2067שלום\u2069 \u200fחדר", "hi") == "שלום \u200fחדר"
+    assert rules.check_room_name("\u200b\u2066 \u202a", "fallback") == "fallback"
+
+
+SHOWN = '<span class="bidi" title="U+202E">U+202E</span>'
+
+
+def test_bidi_controls_in_a_link_are_shown_and_kept_out_of_the_href() -> None:
+    out = render("https://evil.example/\u202egnp.exe")
+    assert out.html == (f'<a href="https://evil.example/" rel="noopener nofollow" target="_blank">'
+                        f'https://evil.example/</a>{SHOWN}gnp.exe')
+
+
+@pytest.mark.parametrize("body", ["plain \u202etext", "mail @bob \u202etext", "see http://x.y \u202etext"])
+def test_bidi_controls_in_plain_text_are_shown_on_every_path(body: str) -> None:
+    html = render(body).html
+    assert "\u202e" not in html and html.endswith(f"{SHOWN}text")
+
+
+def test_every_bidi_control_is_shown_by_its_code_point() -> None:
+    controls = [chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))]
+    html = render("".join(controls)).html
+    assert [m for m in controls if m in html] == []
+    assert html.count('<span class="bidi"') == 9 and 'title="U+2069">U+2069</span>' in html
+
+
+def test_right_to_left_marks_are_kept_in_html() -> None:
+    assert render("\u200fשלום\u200e ok \u061c").html == "\u200fשלום\u200e ok \u061c"
