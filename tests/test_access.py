@@ -292,3 +292,27 @@ async def test_a_long_replay_arrives_whole_in_order_across_pages(make_chat) -> N
             break
     assert got == ids[-1000:] + [live["id"]]
     await ws.close()
+
+
+@pytest.mark.parametrize("change", ["deactivate", "password"])
+async def test_deactivation_and_a_new_password_close_open_sockets_in_the_same_turn(chat: Chat, change: str) -> None:
+    token = await chat.bearer("bob")
+    bob = await chat.browser("bob")
+    async with bob:
+        tab = await bob.ws_connect("/ws?room=general", headers={"Origin": own_origin(chat)})
+        stream = await chat.stream(token)
+        hub, user = chat.services.hub, await chat.services.store.user_by_name("bob")
+        while len(hub.by_user.get(user.id, ())) < 2:
+            await asyncio.sleep(0.01)  # both sockets registered
+        if change == "deactivate":
+            await chat.services.accounts.deactivate("bob")
+        else:
+            await chat.services.accounts.set_password("bob", "another good password")
+        # No poll, no next message needed: the sockets that lost their credential are closing
+        # already (a new password ends sessions; API tokens go on working, as `chatd passwd` says).
+        still_open = {conn.kind for conn in hub.by_user.get(user.id, ()) if conn.open}
+        assert still_open == (set() if change == "deactivate" else {"stream"})
+        for ws in (tab, stream) if change == "deactivate" else (tab,):
+            await end_of(ws)
+            assert ws.close_code == 1008
+        await stream.close()

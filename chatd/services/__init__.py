@@ -26,6 +26,7 @@ class Services:
         self.accounts = Accounts(config, store)
         self.live = Live(config, store, hub, renderer)
         self.chat = Chat(config, store, self.live)
+        self.accounts.revoked = self.live.ensure_current
         self._poller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

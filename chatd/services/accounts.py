@@ -63,6 +63,9 @@ class Accounts:
         self.by_account = Window(config.login_attempts_per_account, config.login_window_seconds)
         self.by_ip = Window(config.login_attempts_per_ip, config.login_window_seconds)
         self.passwords = PasswordWork()
+        # Called right after a change that can end sessions (Services sets it to close their
+        # sockets in the same turn of the loop; the CLI has no sockets).
+        self.revoked: Callable[[], None] = lambda: None
 
     async def create_user(self, username: object, password: object, admin: bool = False) -> User:
         """Validate and create an account (the password is hashed off the event loop)."""
@@ -78,11 +81,13 @@ class Accounts:
         secret = rules.check_password(password)
         hashed = await self.passwords.run(security.hash_password, secret)
         await self.store.set_password(name, hashed)
+        self.revoked()
         log.info("event=password_changed user=%s", name)
 
     async def deactivate(self, username: object) -> None:
         name = rules.check_username(username)
         await self.store.deactivate_user(name)
+        self.revoked()
         log.info("event=user_deactivated user=%s", name)
 
     async def create_token(self, username: object, label: str = "") -> str:
