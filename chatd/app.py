@@ -16,6 +16,7 @@ from chatd.render import HtmlRenderer
 from chatd.services import Services
 from chatd.state import CONFIG, HUB, RENDERER, SERVICES, SETUP_TOKEN, STORE
 from chatd.store import Store
+from chatd.store.lock import hold_database
 
 log = logging.getLogger("chatd.app")
 SERVICE_RESTART = 1012
@@ -42,21 +43,38 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(views.routes)
     app.add_routes(api.routes)
     app.router.add_static("/static", resource_dir("static"), append_version=False)
+    app.cleanup_ctx.append(_one_server_per_database)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_close_sockets)
     app.on_response_prepare.append(add_security_headers)
     return app
 
 
+async def _one_server_per_database(app: web.Application) -> AsyncIterator[None]:
+    """Hold the database's lock (store/lock.py) from before the store opens until it has closed.
+
+    This is the one place a server claims its database: a process joined to others through
+    a broker (planned: `--broker`) shares it, and will skip this."""
+    with hold_database(app[CONFIG].db):
+        yield
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    """Open the store and start the services; on exit, write what is pending and close."""
+    """Open the store and start the services; on exit, write what is pending and close.
+
+    A start-up that fails closes what it opened: the store's threads would keep the process
+    alive after the error."""
     store, services = app[STORE], app[SERVICES]
-    await store.open()
-    await services.start()
-    app[SETUP_TOKEN][0] = await services.accounts.prepare_setup()
-    yield
-    await services.stop()
-    await store.close()
+    await store.open()  # closes its own connections when it fails
+    try:
+        try:
+            await services.start()
+            app[SETUP_TOKEN][0] = await services.accounts.prepare_setup()
+            yield
+        finally:
+            await services.stop()
+    finally:
+        await store.close()
 
 
 async def _close_sockets(app: web.Application) -> None:

@@ -19,6 +19,7 @@ from chatd.config import LOG_LEVELS, Config, load_config
 from chatd.errors import ChatdError
 from chatd.services import Accounts
 from chatd.store import Store
+from chatd.store.db import DatabaseFault
 
 T = TypeVar("T")
 log = logging.getLogger("chatd")
@@ -29,11 +30,14 @@ db_option = click.option(
 )
 
 
-def run(coro: Awaitable[T], loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> T:
-    """Run a coroutine; domain errors become one sentence on stderr and exit 1."""
+def run(coro: Awaitable[T], db: Path, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> T:
+    """Run a coroutine on database `db`; domain errors become one sentence on stderr and exit 1
+    (a fault of the database names the file and the cause)."""
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             return runner.run(coro)  # type: ignore[arg-type]
+    except DatabaseFault as exc:
+        raise click.ClickException(_sentence(exc.describe(db))) from None
     except ChatdError as exc:
         raise click.ClickException(_sentence(exc.message)) from None
     except OSError as exc:
@@ -46,14 +50,19 @@ def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
-async def _with_accounts(db: Path | None, fn: Callable[[Accounts, Store], Awaitable[T]]) -> T:
+def with_accounts(db: Path | None, fn: Callable[[Accounts, Store], Awaitable[T]]) -> T:
+    """Run an account command against the store (no lock: it works beside a running server)."""
     config = load_config({"db": db})
-    store = Store(config.db, config.sync)
-    await store.open()
-    try:
-        return await fn(Accounts(config, store), store)
-    finally:
-        await store.close()
+
+    async def command() -> T:
+        store = Store(config.db, config.sync)
+        await store.open()
+        try:
+            return await fn(Accounts(config, store), store)
+        finally:
+            await store.close()
+
+    return run(command(), config.db)
 
 
 def read_password(from_stdin: bool) -> str:
@@ -95,12 +104,14 @@ def serve(db: Path | None, host: str | None, port: int | None, config_file: Path
         raise click.ClickException(_sentence(exc.message)) from None
     configure_logging(config.log_level)
     if check:
-        run(_check(config))
+        # No lock: --check runs beside a live server (to vet a new configuration before a
+        # restart), and a probe of the lock would make a server starting that moment refuse.
+        run(_check(config), config.db)
         proxy = f"behind a proxy at {', '.join(config.trusted_proxies)}" if config.behind_proxy else "no proxy"
         click.echo(f"Configuration OK: database {config.db}, listening on {config.host}:{config.port}, {proxy}, "
                    f"event loop {loop_name}.")
         return
-    run(_serve(config, loop_name), factory)
+    run(_serve(config, loop_name), config.db, factory)
 
 
 def event_loop(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]:
@@ -145,36 +156,45 @@ def tune_gc() -> None:
 
 
 async def _serve(config: Config, loop_name: str) -> None:
-    from chatd.app import create_app
-    from chatd.state import SETUP_TOKEN
-
     # Signals first: a SIGTERM that arrives during start-up still shuts down cleanly.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    try:
+        await _run_server(config, loop_name, stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _run_server(config: Config, loop_name: str, stop: asyncio.Event) -> None:
+    """Start, serve until `stop`, shut down; a start-up that fails closes what it opened."""
+    from chatd.app import create_app
+    from chatd.state import SETUP_TOKEN
+
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout_seconds)
-    await runner.setup()
-    tune_gc()
     try:
+        await runner.setup()
+        tune_gc()
         site = web.TCPSite(runner, config.host, config.port, backlog=2048)
-        await site.start()
-    except OSError as exc:
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ChatdError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+        host = config.host if ":" not in config.host else f"[{config.host}]"
+        url = f"http://{host}:{site.port}"
+        click.echo(f"chatd {__version__} listening on {url}")
+        log.info("event=started url=%s loop=%s", url, loop_name)
+        token = app[SETUP_TOKEN][0]
+        if token:
+            click.echo(f"No accounts yet. Create the first admin account at: {url}/setup?token={token}")
+        sys.stdout.flush()
+        await stop.wait()
+        log.info("event=stopping")
+    finally:
         await runner.cleanup()
-        raise ChatdError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
-    sock = site._server.sockets[0]  # type: ignore[union-attr]
-    host = config.host if ":" not in config.host else f"[{config.host}]"
-    url = f"http://{host}:{sock.getsockname()[1]}"
-    click.echo(f"chatd {__version__} listening on {url}")
-    log.info("event=started url=%s loop=%s", url, loop_name)
-    token = app[SETUP_TOKEN][0]
-    if token:
-        click.echo(f"No accounts yet. Create the first admin account at: {url}/setup?token={token}")
-    sys.stdout.flush()
-    await stop.wait()
-    log.info("event=stopping")
-    await runner.cleanup()
     log.info("event=stopped")
 
 
@@ -186,7 +206,7 @@ async def _serve(config: Config, loop_name: str) -> None:
 def adduser(name: str, db: Path | None, admin: bool, password_stdin: bool) -> None:
     """Create an account."""
     password = read_password(password_stdin)
-    user = run(_with_accounts(db, lambda a, s: a.create_user(name, password, admin)))
+    user = with_accounts(db, lambda a, s: a.create_user(name, password, admin))
     click.echo(f"Created {'admin ' if user.admin else ''}account {user.username}.", err=True)
 
 
@@ -197,7 +217,7 @@ def adduser(name: str, db: Path | None, admin: bool, password_stdin: bool) -> No
 def passwd(name: str, db: Path | None, password_stdin: bool) -> None:
     """Set a new password and end that user's sessions."""
     password = read_password(password_stdin)
-    run(_with_accounts(db, lambda a, s: a.set_password(name, password)))
+    with_accounts(db, lambda a, s: a.set_password(name, password))
     click.echo(f"Password changed for {name.lower()}; their sessions have ended.", err=True)
 
 
@@ -206,7 +226,7 @@ def passwd(name: str, db: Path | None, password_stdin: bool) -> None:
 @db_option
 def deluser(name: str, db: Path | None) -> None:
     """Deactivate an account: no more sign-ins, sessions and tokens end, messages stay."""
-    run(_with_accounts(db, lambda a, s: a.deactivate(name)))
+    with_accounts(db, lambda a, s: a.deactivate(name))
     click.echo(f"Deactivated {name.lower()}.", err=True)
 
 
@@ -216,7 +236,7 @@ def deluser(name: str, db: Path | None) -> None:
 @click.option("--all", "-a", "show_all", is_flag=True, help="Include deactivated accounts.")
 def users(db: Path | None, long_format: bool, show_all: bool) -> None:
     """List accounts, one per line."""
-    found = run(_with_accounts(db, lambda a, s: s.list_users()))
+    found = with_accounts(db, lambda a, s: s.list_users())
     for user in found:
         if not user.active and not show_all:
             continue
@@ -233,7 +253,7 @@ def users(db: Path | None, long_format: bool, show_all: bool) -> None:
 @click.option("--label", default="", help="A note on what the token is for.")
 def token(name: str, db: Path | None, label: str) -> None:
     """Create an API token for that user and print it once."""
-    click.echo(run(_with_accounts(db, lambda a, s: a.create_token(name, label))))
+    click.echo(with_accounts(db, lambda a, s: a.create_token(name, label)))
 
 
 @main.command()
@@ -249,5 +269,5 @@ def backup(dest: Path, db: Path | None) -> None:
     if not source.exists():
         # A mistyped --db must not "back up" a fresh empty database.
         raise click.ClickException(f"No database at {source}; check --db or CHATD_DB.")
-    run(_with_accounts(db, op))
+    with_accounts(db, op)
     click.echo(f"Backup written to {dest}.", err=True)

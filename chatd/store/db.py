@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,29 +12,66 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from chatd.errors import ChatdError, SchemaTooNew, StorageUnavailable
+from chatd.errors import SchemaTooNew, StorageUnavailable
 from chatd.store.schema import SCHEMA_VERSION, migrate, schema_version
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
 
-# Errors that mean "the disk or file refused the write", not a bug in a statement.
-_STORAGE_ERRORS = (
-    "database or disk is full",
-    "disk i/o error",
-    "attempt to write a readonly database",
-    "unable to open database",
-    "database is locked",
-    "readonly",
-)
+_RETRY = "the server cannot store messages right now; try again"
+_FULL = "cannot write the database {path}: the disk is full ({cause})"
+_READ_ONLY = "cannot write the database {path}: it is read-only ({cause})"
+_LOCKED = "the database {path} is locked by another program ({cause})"
+_UNREADABLE = ("the database could not be read", "the database {path} could not be read: {cause}")
+# SQLite's primary result codes that mean the file or its disk failed, not a statement:
+# (what a client is told, what the operator is told).
+_FAULTS = {
+    sqlite3.SQLITE_CORRUPT: _UNREADABLE,
+    sqlite3.SQLITE_NOTADB: _UNREADABLE,
+    sqlite3.SQLITE_READONLY: (_RETRY, _READ_ONLY),
+    sqlite3.SQLITE_FULL: (_RETRY, _FULL),
+    sqlite3.SQLITE_IOERR: (_RETRY, "the disk failed while reading or writing the database {path} ({cause})"),
+    sqlite3.SQLITE_BUSY: (_RETRY, _LOCKED),
+    sqlite3.SQLITE_LOCKED: (_RETRY, _LOCKED),
+    sqlite3.SQLITE_CANTOPEN: (_RETRY, "cannot open the database {path}: {cause}"),
+    sqlite3.SQLITE_PERM: (_RETRY, "cannot open the database {path}: permission denied ({cause})"),
+}
 
 
-def storage_error(exc: sqlite3.Error) -> ChatdError | None:
-    """Map an sqlite3 error caused by the disk or file to StorageUnavailable."""
-    text = str(exc).lower()
-    if isinstance(exc, sqlite3.OperationalError) and any(s in text for s in _STORAGE_ERRORS):
-        return StorageUnavailable("the server cannot store messages right now; try again")
-    return None
+class DatabaseFault(StorageUnavailable):
+    """The database file or its disk failed (damaged, read-only, full...), not a statement.
+
+    `message` is for clients and names no file; `describe(path)` is the operator's sentence,
+    naming the file and the cause, which the CLI prints (`chatd serve`'s start-up included)."""
+
+    def __init__(self, message: str, sentence: str, cause: str, sqlite_code: int) -> None:
+        super().__init__(message)
+        self.sentence, self.cause, self.sqlite_code = sentence, cause, sqlite_code
+
+    def describe(self, path: Path) -> str:
+        sentence, folder = self.sentence, os.path.dirname(os.path.abspath(path))
+        # SQLite says "disk I/O error" when a full disk stops its shared-memory file growing,
+        # and "unable to open" when a read-only directory keeps it from creating that file.
+        if self.sqlite_code == sqlite3.SQLITE_IOERR and _no_space_left(folder):
+            sentence = _FULL
+        elif self.sqlite_code == sqlite3.SQLITE_CANTOPEN and os.path.isdir(folder) and not os.access(folder, os.W_OK):
+            sentence = _READ_ONLY
+        return sentence.format(path=os.path.abspath(path), cause=self.cause)
+
+
+def _no_space_left(folder: str) -> bool:
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
+
+
+def storage_error(exc: sqlite3.Error) -> DatabaseFault | None:
+    """The DatabaseFault for an sqlite3 error caused by the disk or the file, else None."""
+    code = getattr(exc, "sqlite_errorcode", None)  # an extended code; its low byte is the primary
+    primary = code & 0xFF if isinstance(code, int) else None
+    found = _FAULTS.get(primary) if primary is not None else None
+    return None if found is None else DatabaseFault(found[0], found[1], str(exc), primary)
 
 
 def _prepare(conn: sqlite3.Connection, sync: str) -> None:
@@ -48,8 +86,8 @@ def connect_sync(path: Path, sync: str = "normal") -> sqlite3.Connection:
     """Open, set WAL and pragmas, migrate; refuse a database from a newer chatd."""
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    except sqlite3.OperationalError as exc:
-        raise StorageUnavailable(f"cannot open the database {path}: {exc}") from None
+    except sqlite3.Error as exc:
+        raise storage_error(exc) or StorageUnavailable(f"cannot open the database {path}: {exc}") from None
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         found = schema_version(conn)
