@@ -215,10 +215,10 @@ class Live:
 
     async def attach(self, conn: Conn, since: int | None, room: Room | None = None) -> None:
         """Register a socket; with `since`, replay what it missed with no gap or duplicate."""
-        self.ensure_current()
         conn.held = [] if since is not None else None
         if self.hub.add(conn):
             self._presence_changed(conn.user.id, True)
+        self.ensure_current()  # after add: a credential ended since the upgrade closes this socket too
         if conn.room_id is not None:
             # Whatever changed between rendering the page and this socket opening.
             self.hub.send_to([conn], self._online_frame(conn.room_id))
