@@ -9,7 +9,7 @@ from pathlib import Path
 from aiohttp import web
 
 from chatd import api, views
-from chatd.auth import add_security_headers, errors_middleware
+from chatd.auth import add_security_headers, errors_middleware, host_middleware
 from chatd.config import Config
 from chatd.hub import Hub
 from chatd.render import HtmlRenderer
@@ -31,9 +31,9 @@ def resource_dir(name: str) -> Path:
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(
-        middlewares=[errors_middleware], client_max_size=config.max_request_bytes
-    )
+    # The Host check only when public_url names the hosts: without it, no cost per request.
+    middlewares = [errors_middleware, host_middleware] if config.public_url else [errors_middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_request_bytes)
     app[CONFIG] = config
     app[SETUP_TOKEN] = [None]
     app[HUB] = Hub(config.send_buffer_bytes)

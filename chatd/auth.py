@@ -6,6 +6,7 @@ a plain page for the browser, never a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import json
@@ -16,6 +17,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 from multidict import istr  # aiohttp's header keys
+from yarl import URL
 
 from chatd import security
 from chatd.errors import BadInput, ChatdError, Forbidden, RateLimited, TooLarge, Unauthorized
@@ -50,9 +52,25 @@ API_SECURITY_HEADERS = {
 HSTS = istr("Strict-Transport-Security")
 
 _TITLES = {400: "Bad request", 401: "Sign in required", 403: "Not allowed", 404: "Not found",
-           413: "Too large", 429: "Slow down", 500: "Server error", 503: "Unavailable"}
+           408: "Too slow", 413: "Too large", 421: "Wrong address", 429: "Slow down", 500: "Server error",
+           503: "Unavailable"}
+# Host names that are always this machine: a DNS-rebinding page cannot make a browser send
+# them, and local health checks and metrics scrapers use them.
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class RequestTimeout(ChatdError):
+    """The client did not send its request body within body_timeout_seconds."""
+
+    code, status = "request_timeout", 408
+
+
+class MisdirectedRequest(ChatdError):
+    """The request names a host that is not one of public_url's."""
+
+    code, status = "misdirected_request", 421
 
 
 # -- where the request comes from --------------------------------------------------
@@ -106,11 +124,39 @@ def own_origin(request: web.Request) -> str:
 
 
 def origin_ok(request: web.Request, *, required: bool) -> bool:
-    """True if Origin is ours, or absent and not required (bots and scripts send none)."""
+    """True if Origin is ours, or absent and not required (bots and scripts send none).
+
+    Ours is one of public_url's origins when that is set (whatever scheme the request came
+    over: a proxy may speak plain HTTP to chatd), else the request's own scheme and Host."""
     origin = request.headers.get("Origin")
     if origin is None:
         return not required
+    public = request.app[CONFIG].public_url
+    if public:
+        return origin.lower() in public
     return origin == own_origin(request)
+
+
+@functools.lru_cache(maxsize=8)
+def public_hosts(public_url: tuple[str, ...]) -> frozenset[str]:
+    """The Host headers that name public_url's origins: host[:port], the default port either way."""
+    hosts = set()
+    for origin in public_url:
+        url = URL(origin)
+        host = url.raw_authority.lower()
+        hosts.add(host)
+        if url.is_default_port():
+            hosts.add(f"{host}:{url.port}")
+    return frozenset(hosts)
+
+
+def host_ok(host: str, public_url: tuple[str, ...]) -> bool:
+    """Is this Host header one of public_url's hosts, or a loopback name with any port?"""
+    host = host.lower()
+    if host in public_hosts(public_url):
+        return True
+    name, colon, port = host.rpartition(":")
+    return (name if colon and port.isdigit() else host) in LOOPBACK_HOSTS
 
 
 def is_loopback(request: web.Request) -> bool:
@@ -190,10 +236,23 @@ def check_session_csrf(request: web.Request, credential: Credential, form: Any) 
         raise Forbidden("the form has expired; reload the page and try again")
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object body, or a clear 400/413."""
+async def _within_body_timeout(request: web.Request, read: Callable[[], Awaitable[Any]]) -> Any:
+    """Read the body, giving the client body_timeout_seconds to send it (408 after that)."""
     try:
-        raw = await request.read()
+        if request.content.is_eof():  # most bodies came with the headers: nothing to wait for
+            return await read()
+        async with asyncio.timeout(request.app[CONFIG].body_timeout_seconds):
+            return await read()
+    except TimeoutError:
+        raise RequestTimeout("the request body did not arrive in time") from None
+    except web.RequestPayloadError:  # e.g. a broken chunked encoding after the headers
+        raise BadInput("the request body could not be read") from None
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body, or a clear 400/408/413."""
+    try:
+        raw = await _within_body_timeout(request, request.read)
     except web.HTTPRequestEntityTooLarge:
         raise TooLarge("the request body is too large") from None
     try:
@@ -206,8 +265,9 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 
 async def read_form(request: web.Request) -> Any:
+    """The request's form fields, or a clear 400/408/413."""
     try:
-        return await request.post()
+        return await _within_body_timeout(request, request.post)
     except web.HTTPRequestEntityTooLarge:
         raise TooLarge("the form is too large") from None
     except (ValueError, UnicodeDecodeError):
@@ -229,6 +289,8 @@ def error_response(request: web.Request, error: ChatdError) -> web.StreamRespons
             "error.html", {"error": error, "title": _TITLES.get(error.status, "Error")}, error.status)
     if isinstance(error, RateLimited):
         response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    if isinstance(error, RequestTimeout):
+        response.force_close()  # the rest of that body may still be on its way
     return response
 
 
@@ -250,6 +312,17 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(
             request, ChatdError("something went wrong on the server", code="internal", status=500)
         )
+
+
+@web.middleware
+async def host_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With public_url set, answer only requests for its hosts (and loopback names): 421.
+
+    A page on another site that points its own name at chatd's address (DNS rebinding)
+    gets nothing; nor does a request meant for another site behind the same proxy."""
+    if not host_ok(request.headers.get(hdrs.HOST, ""), request.app[CONFIG].public_url):
+        raise MisdirectedRequest("this server does not answer for that host name")
+    return await handler(request)
 
 
 def _http_error(exc: web.HTTPException) -> ChatdError:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -147,6 +149,18 @@ def configure_logging(level: str) -> None:
     logging.getLogger("aiosqlite").setLevel(logging.WARNING)
 
 
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard one, where the system lets us: each
+    connection is a descriptor, and a shell's `ulimit -n 1024` would cap the clients near
+    a thousand. Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):  # e.g. above the kernel's nr_open: keep ours
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def tune_gc() -> None:
     """Fewer cyclic-GC passes: a request allocates thousands of short-lived objects that
     reference counting frees anyway, and at CPython's default threshold (700) the collector
@@ -171,10 +185,13 @@ async def _serve(config: Config, loop_name: str) -> None:
 async def _run_server(config: Config, loop_name: str, stop: asyncio.Event) -> None:
     """Start, serve until `stop`, shut down; a start-up that fails closes what it opened."""
     from chatd.app import create_app
+    from chatd.server import Runner
     from chatd.state import SETUP_TOKEN
 
+    open_files = raise_open_files_limit()
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout_seconds)
+    runner = Runner(app, header_timeout=config.header_timeout_seconds,
+                    shutdown_timeout=config.shutdown_timeout_seconds)
     try:
         await runner.setup()
         tune_gc()
@@ -186,10 +203,11 @@ async def _run_server(config: Config, loop_name: str, stop: asyncio.Event) -> No
         host = config.host if ":" not in config.host else f"[{config.host}]"
         url = f"http://{host}:{site.port}"
         click.echo(f"chatd {__version__} listening on {url}")
-        log.info("event=started url=%s loop=%s", url, loop_name)
+        log.info("event=started url=%s loop=%s open_files_limit=%d", url, loop_name, open_files)
         token = app[SETUP_TOKEN][0]
         if token:
-            click.echo(f"No accounts yet. Create the first admin account at: {url}/setup?token={token}")
+            public = config.public_url[0] if config.public_url else url
+            click.echo(f"No accounts yet. Create the first admin account at: {public}/setup?token={token}")
         sys.stdout.flush()
         await stop.wait()
         log.info("event=stopping")
