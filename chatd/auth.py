@@ -20,7 +20,16 @@ from multidict import istr  # aiohttp's header keys
 from yarl import URL
 
 from chatd import security
-from chatd.errors import BadInput, ChatdError, Forbidden, RateLimited, TooLarge, Unauthorized
+from chatd.errors import (
+    BadInput,
+    ChatdError,
+    Forbidden,
+    MisdirectedRequest,
+    RateLimited,
+    RequestTimeout,
+    TooLarge,
+    Unauthorized,
+)
 from chatd.models import Credential, User
 from chatd.state import CONFIG, RENDERER, SERVICES
 
@@ -59,18 +68,6 @@ _TITLES = {400: "Bad request", 401: "Sign in required", 403: "Not allowed", 404:
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class RequestTimeout(ChatdError):
-    """The client did not send its request body within body_timeout_seconds."""
-
-    code, status = "request_timeout", 408
-
-
-class MisdirectedRequest(ChatdError):
-    """The request names a host that is not one of public_url's."""
-
-    code, status = "misdirected_request", 421
 
 
 # -- where the request comes from --------------------------------------------------

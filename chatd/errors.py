@@ -41,6 +41,18 @@ class Conflict(ChatdError):
     code, status = "conflict", 409
 
 
+class RequestTimeout(ChatdError):
+    """The client did not send its request body within body_timeout_seconds."""
+
+    code, status = "request_timeout", 408
+
+
+class MisdirectedRequest(ChatdError):
+    """The request names a host that is not one of public_url's."""
+
+    code, status = "misdirected_request", 421
+
+
 class TooLarge(ChatdError):
     code, status = "too_large", 413
 

@@ -26,6 +26,7 @@ from aiohttp import ClientSession, CookieJar, FormData, WSMsgType, WSServerHands
 from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
 
+from chatd import rules
 from chatd.state import SETUP_TOKEN
 from conftest import PASSWORD, Chat, csrf_of, login
 
@@ -654,7 +655,8 @@ def normalise(body: str) -> str:
 
 HANDLER_RE = re.compile(r"\son\w+\s*=", re.IGNORECASE)
 SAFE_HREF = re.compile(r"(?:https?://[^\s\"'<>]+|/dm/[a-z0-9][a-z0-9_.-]{0,31})\Z", re.IGNORECASE)
-MESSAGE_TAGS = {"a": {"href", "rel", "target", "class", "data-mention"}, "br": set()}
+MESSAGE_TAGS = {"a": {"href", "rel", "target", "class", "data-mention"}, "br": set(), "span": {"class", "title"}}
+BIDI_RE = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
 class MessageHtml(HTMLParser):
@@ -679,6 +681,10 @@ class MessageHtml(HTMLParser):
             self.text.append("\n")
             return
         got = dict(attrs)
+        if tag == "span":  # a bidi control, shown by its code point instead of acting
+            if got.get("class") != "bidi" or not re.fullmatch(r"U\+[0-9A-F]{4}", got.get("title") or ""):
+                self.problems.append(f"span {raw!r}")
+            return
         href = got.get("href") or ""
         if not SAFE_HREF.match(href):
             self.problems.append(f"href {href!r}")
@@ -691,7 +697,7 @@ class MessageHtml(HTMLParser):
         self.handle_starttag(tag, attrs)
 
     def handle_endtag(self, tag: str) -> None:
-        if tag != "a":
+        if tag not in ("a", "span"):
             self.problems.append(f"end tag </{tag}>")
 
     def handle_data(self, data: str) -> None:
@@ -716,8 +722,10 @@ def check_message_html(html: str, body: str) -> None:
     parser.feed(html)
     parser.close()
     assert parser.problems == [], (parser.problems, html)
-    # Nothing lost or invented: the visible text is the body (mentions may change case).
-    assert "".join(parser.text).lower() == body.lower(), (html, body)
+    # Nothing lost or invented: the visible text is the body (mentions may change case),
+    # each bidi control shown as its code point.
+    shown = BIDI_RE.sub(lambda m: f"U+{ord(m.group(0)):04X}", body)
+    assert "".join(parser.text).lower() == shown.lower(), (html, body)
 
 
 VOID = {"br", "img", "input", "hr", "wbr", "meta", "link", "source", "area", "base", "col", "embed", "track"}
@@ -792,7 +800,7 @@ class PageScan(HTMLParser):
 async def test_no_stored_xss_in_api_html_or_pages(browsers: Browsers, body: str, client_id: str | None) -> None:
     xss = browsers
     expected = normalise(body)
-    if not expected.strip() or len(expected) > MAX_BODY:
+    if rules.is_blank(expected) or len(expected) > MAX_BODY:
         event("skipped: empty or too long")
         return
     cid = None if client_id is None else f"{client_id[:40]}{next(_ids)}"
@@ -885,7 +893,7 @@ async def test_unicode_bodies_round_trip(world: World, body: str) -> None:
         assert resp.status == 413, (len(body), len(expected), resp.status)
         assert (await resp.json())["error"]["code"] == "too_large"
         return
-    if not expected.strip():
+    if rules.is_blank(expected):
         assert resp.status == 400
         return
     assert resp.status == 201, await resp.text()
