@@ -16,9 +16,10 @@ from typing import TypeVar
 import click
 from aiohttp import web
 
-from chatd import __version__
+from chatd import __version__, rules
 from chatd.config import LOG_LEVELS, Config, load_config
-from chatd.errors import ChatdError
+from chatd.errors import ChatdError, NotFound
+from chatd.models import Room
 from chatd.services import Accounts
 from chatd.store import Store
 from chatd.store.db import DatabaseFault
@@ -289,3 +290,71 @@ def backup(dest: Path, db: Path | None) -> None:
         raise click.ClickException(f"No database at {source}; check --db or CHATD_DB.")
     with_accounts(db, op)
     click.echo(f"Backup written to {dest}.", err=True)
+
+
+# -- rooms -----------------------------------------------------------------------------------
+
+
+@main.group()
+def room() -> None:
+    """List, archive and delete rooms (a running server sees the change at once)."""
+
+
+def _room(store: Store, slug: str) -> Room:
+    found = store.room_named(slug)
+    if found is None:
+        raise NotFound(f"no room named {slug}")
+    rules.check_administrable(found.slug, found.kind)
+    return found
+
+
+@room.command("list")
+@db_option
+@click.option("--all", "-a", "show_all", is_flag=True, help="Include archived rooms.")
+def room_list(db: Path | None, show_all: bool) -> None:
+    """List public and private rooms: slug, kind, messages, archived, one per line."""
+    found = with_accounts(db, lambda a, s: s.all_rooms())
+    for entry, _ in found:
+        if entry.archived and not show_all:
+            continue
+        state = "archived" if entry.archived else "active"
+        click.echo(f"{entry.slug}\t{entry.kind}\t{entry.message_count}\t{state}")
+
+
+@room.command("archive")
+@click.argument("slug")
+@db_option
+def room_archive(slug: str, db: Path | None) -> None:
+    """Archive a room: its history stays readable, it takes no new messages."""
+    with_accounts(db, lambda a, s: s.archive_room(_room(s, slug), True))
+    click.echo(f"Archived {slug}.", err=True)
+
+
+@room.command("unarchive")
+@click.argument("slug")
+@db_option
+def room_unarchive(slug: str, db: Path | None) -> None:
+    """Take a room out of the archive: it takes messages again."""
+    with_accounts(db, lambda a, s: s.archive_room(_room(s, slug), False))
+    click.echo(f"Unarchived {slug}.", err=True)
+
+
+@room.command("delete")
+@click.argument("slug")
+@db_option
+@click.option("--yes", is_flag=True, help="Do not ask for a confirmation.")
+def room_delete(slug: str, db: Path | None, yes: bool) -> None:
+    """Delete a room with its messages and memberships, after a confirmation."""
+
+    async def op(accounts: Accounts, store: Store) -> int:
+        found = _room(store, slug)
+        if not yes:
+            if not sys.stdin.isatty():
+                raise ChatdError("no terminal to confirm on; add --yes to delete without asking")
+            question = f"Delete the room {found.slug} and its {found.message_count} messages? This cannot be undone."
+            if not click.confirm(question, default=False):
+                raise ChatdError("nothing was deleted")
+        return await store.delete_room(found)
+
+    gone = with_accounts(db, op)
+    click.echo(f"Deleted {slug} and its {gone} messages.", err=True)

@@ -8,7 +8,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chatd.errors import BadInput, TooLarge
+from chatd.errors import BadInput, NotFound, TooLarge
 
 MAX_BODY = 10_000
 USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
@@ -188,3 +188,11 @@ def dm_peer(slug: str, username: str) -> str:
     """The other person of a DM (yourself, in a DM with yourself)."""
     first, _, second = slug.partition("+")
     return second if first == username else first
+
+
+def check_administrable(slug: str, kind: str) -> None:
+    """Rooms an administrator may archive or delete: not a DM, not `general`."""
+    if kind == "dm":
+        raise NotFound("no such room")
+    if slug == "general":
+        raise BadInput("the room general is where everyone starts; it cannot be archived or deleted")

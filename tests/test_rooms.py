@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 from aiohttp import WSMsgType
 
-from conftest import Chat, csrf_of, next_json
+from conftest import Chat, csrf_of, next_json, run_cli
 
 pytestmark = pytest.mark.usefixtures("no_server_tracebacks")
 
@@ -244,3 +244,41 @@ async def test_a_flood_of_read_frames_is_written_in_a_few_transactions(chat: Cha
         general = next(r for r in (await resp.json())["rooms"] if r["slug"] == "general")
         assert general["unread"] == 0
     assert reads.transactions - before <= 30, reads.transactions - before  # for 600 read frames
+
+
+# -- the same from the shell, while the server runs -------------------------------------------------------
+
+
+async def test_room_commands_archive_and_delete_beside_a_running_server(chat: Chat, config) -> None:
+    root = await chat.bearer("root", admin=True)
+    bob = await chat.bearer("bob")
+    assert await create(chat, root, "ops") == 201
+    assert await create(chat, root, "spam") == 201
+    await post(chat, bob, "spam", "buy now")
+
+    def cli(*args: str, stdin: str | None = None):
+        return run_cli("room", *args, db=config.db, stdin=stdin)
+
+    listed = (await asyncio.to_thread(cli, "list")).stdout.splitlines()
+    assert "spam\tpublic\t1\tactive" in listed and "general\tpublic\t0\tactive" in listed
+    assert (await asyncio.to_thread(cli, "archive", "ops")).returncode == 0
+    # The server takes it in before it answers the next request (no restart, no poll needed).
+    resp = await chat.client.post("/api/v1/rooms/ops/messages", json={"body": "hello?"}, headers=bob)
+    assert resp.status == 403
+    assert "ops\tpublic\t0\tarchived" in (await asyncio.to_thread(cli, "list", "--all")).stdout
+    assert "ops" not in (await asyncio.to_thread(cli, "list")).stdout
+    assert (await asyncio.to_thread(cli, "unarchive", "ops")).returncode == 0
+    assert (await chat.client.post("/api/v1/rooms/ops/messages", json={"body": "back"}, headers=bob)).status == 201
+
+    await chat.services.stop()  # no poller from here: the next request alone must see the change
+    stream = await chat.stream(bob)
+    refused = await asyncio.to_thread(cli, "delete", "spam")  # no terminal to confirm on
+    assert refused.returncode == 1 and "--yes" in refused.stderr and "Traceback" not in refused.stderr
+    done = await asyncio.to_thread(cli, "delete", "spam", "--yes")
+    assert done.returncode == 0 and "1 messages" in done.stderr
+    assert (await chat.client.get("/api/v1/rooms/spam/messages", headers=bob)).status == 404
+    assert await next_json(stream, "room_removed") == {"type": "room_removed", "room": "spam"}
+    for args in (("delete", "general", "--yes"), ("archive", "nowhere")):
+        result = await asyncio.to_thread(cli, *args)
+        assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    await stream.close()

@@ -85,6 +85,7 @@ class Chat:
         """The only way to a room: NotFound unless this user may read it."""
         if not isinstance(slug, str) or not slug or len(slug) > 100 or rules.has_surrogates(slug):
             raise NotFound("no such room")
+        self.live.ensure_current()  # a room a `chatd room` command archived or deleted is taken in first
         room = self.store.room_named(slug)
         if room is None or not self.access.may_read(user.id, room.id):
             raise NotFound("no such room")
@@ -155,10 +156,9 @@ class Chat:
         if not actor.admin:
             raise Forbidden("only administrators can archive or delete rooms")
         room = self.store.room_named(slug) if isinstance(slug, str) else None
-        if room is None or room.kind == "dm":
+        if room is None:
             raise NotFound("no such room")
-        if room.slug == "general":
-            raise BadInput("general is the room everyone starts in; it cannot be archived or deleted")
+        rules.check_administrable(room.slug, room.kind)
         return room
 
     async def open_dm(self, user: User, username: object) -> Room:
