@@ -29,6 +29,10 @@ def render_metrics(app: web.Application) -> str:
         "# HELP chatd_slow_consumers_dropped_total Sockets dropped for not reading.",
         "# TYPE chatd_slow_consumers_dropped_total counter",
         f"chatd_slow_consumers_dropped_total {m.dropped_slow}",
+        "# HELP chatd_message_batches_deferred_total Message batches that found SQLite's write lock"
+        " taken (a chatd command writing) and waited for it off the event loop.",
+        "# TYPE chatd_message_batches_deferred_total counter",
+        f"chatd_message_batches_deferred_total {writer.deferred if writer else 0}",
         "# HELP chatd_messages_waiting Messages received and not yet committed (queued, or in the batch"
         " being written; a slow disk or a chatd command holding SQLite's write lock makes them wait).",
         "# TYPE chatd_messages_waiting gauge",

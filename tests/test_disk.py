@@ -1,4 +1,6 @@
-"""A disk that stalls: posts wait for it, everything else goes on.
+"""A disk that stalls: with sync = "full", posts wait for it and everything else goes on;
+with sync = "normal" (where commits run on the event loop: chatd/store/writer.py) the
+server waits with the disk, then carries on, and nothing is lost.
 
 The database lives on a small ext4 file system of its own (a loop device), which the test
 freezes with fsfreeze while a post is on its way to the disk, as a stalled or frozen disk
@@ -39,12 +41,15 @@ def own_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-async def test_a_frozen_disk_holds_posts_and_nothing_else(own_disk: Path, server_factory) -> None:
-    db = own_disk / "chatd.db"
+def alice(db: Path) -> dict[str, str]:
     assert run_cli("adduser", "alice", "--password-stdin", db=db, stdin=PASSWORD + "\n").returncode == 0
-    token = run_cli("token", "alice", db=db).stdout.strip()
-    headers = {"Authorization": f"Bearer {token}"}
-    server: Server = server_factory(db=db).start()
+    return {"Authorization": f"Bearer {run_cli('token', 'alice', db=db).stdout.strip()}"}
+
+
+async def test_with_sync_full_a_frozen_disk_holds_posts_and_nothing_else(own_disk: Path, server_factory) -> None:
+    db = own_disk / "chatd.db"
+    headers = alice(db)
+    server: Server = server_factory(db=db, env={"CHATD_SYNC": "full"}).start()
     url = f"{server.url}/api/v1/rooms/general/messages"
     async with ClientSession(timeout=ClientTimeout(total=120)) as session:
         assert (await session.post(url, json={"body": "before"}, headers=headers)).status == 201
@@ -70,4 +75,24 @@ async def test_a_frozen_disk_holds_posts_and_nothing_else(own_disk: Path, server
         event = await watcher.receive_json(timeout=60)
         assert event["type"] == "message" and event["message"]["body"] == "while frozen"
         await watcher.close()
+    assert server.terminate() == 0
+
+
+async def test_with_sync_normal_a_frozen_disk_loses_nothing(own_disk: Path, server_factory) -> None:
+    db = own_disk / "chatd.db"
+    headers = alice(db)
+    server: Server = server_factory(db=db).start()
+    url = f"{server.url}/api/v1/rooms/general/messages"
+    async with ClientSession(timeout=ClientTimeout(total=120)) as session:
+        assert (await session.post(url, json={"body": "before"}, headers=headers)).status == 201
+        subprocess.run(["fsfreeze", "-f", str(own_disk)], check=True)
+        try:
+            post = asyncio.create_task(session.post(url, json={"body": "while frozen"}, headers=headers))
+            await asyncio.sleep(0.5)  # let the post reach the disk (no assertion on time)
+        finally:
+            subprocess.run(["fsfreeze", "-u", str(own_disk)], check=True)
+        assert (await post).status == 201
+        assert (await session.get(f"{server.url}/healthz")).status == 200
+        history = await (await session.get(url, headers=headers)).json()
+        assert [m["body"] for m in history["messages"]] == ["before", "while frozen"]
     assert server.terminate() == 0

@@ -94,8 +94,11 @@ async def test_sigterm_closes_sockets_with_1012_and_exits_0(tmp_path: Path, serv
 
 
 async def on_writers(store, sql: str) -> None:
-    """Apply a connection setting to the connection that writes messages (the writer thread's)."""
+    """Apply a connection setting to both connections that write messages: the inline one
+    and the writer thread's (the fallback while SQLite's write lock is taken)."""
     await store._writer.run(lambda c: c.execute(sql))
+    if store._inline_writer is not None:
+        store._inline_writer.execute(sql)
 
 
 async def test_full_disk_fails_sends_clearly_and_recovers(chat: Chat) -> None:
@@ -148,8 +151,8 @@ async def test_read_only_database_fails_sends_clearly_and_recovers(chat: Chat) -
 async def test_a_command_holding_the_write_lock_delays_messages_not_the_server(
     tmp_path: Path, server_factory
 ) -> None:
-    """A message that finds SQLite's write lock taken (here by another process, as a `chatd`
-    command would) waits for it on the writer thread, off the event loop."""
+    """Messages are committed on the event loop; one that finds SQLite's write lock taken
+    (here by another process, as a `chatd` command would) waits for it off the loop."""
     db = tmp_path / "chatd.db"
     token = make_user(db, "alice")
     headers = {"Authorization": f"Bearer {token}"}
@@ -162,10 +165,11 @@ async def test_a_command_holding_the_write_lock_delays_messages_not_the_server(
         holder.execute("BEGIN IMMEDIATE")
         try:
             post = asyncio.create_task(session.post(url, json={"body": "while locked"}, headers=headers))
-            # Wait (not a timing check) until the post is in the writer, waiting for the lock.
-            while await waiting_messages(session, server.url) == 0:
+            # Wait (not a timing check) until the server has met the lock and deferred the batch.
+            while await deferred_batches(session, server.url) == 0:
                 assert not post.done(), "a message was stored while another process held the lock"
                 await asyncio.sleep(0.02)
+            assert "chatd_messages_waiting 1" in await (await session.get(f"{server.url}/metrics")).text()
             # Meanwhile everything else is answered: reads, health, the same user's history.
             assert (await session.get(f"{server.url}/healthz")).status == 200
             history = await (await session.get(url, headers=headers)).json()
@@ -179,10 +183,12 @@ async def test_a_command_holding_the_write_lock_delays_messages_not_the_server(
         assert (await session.post(url, json={"body": "after"}, headers=headers)).status == 201
         history = await (await session.get(url, headers=headers)).json()
         assert [m["body"] for m in history["messages"]] == ["before", "while locked", "after"]
-        assert await waiting_messages(session, server.url) == 0
+        assert await deferred_batches(session, server.url) == 1
+        text = await (await session.get(f"{server.url}/metrics")).text()
+        assert re.search(r"^chatd_messages_waiting 0$", text, re.M)  # nothing left waiting
     assert server.terminate() == 0
 
 
-async def waiting_messages(session: ClientSession, base: str) -> int:
+async def deferred_batches(session: ClientSession, base: str) -> int:
     text = await (await session.get(f"{base}/metrics")).text()
-    return int(re.search(r"^chatd_messages_waiting (\d+)$", text, re.M).group(1))
+    return int(re.search(r"^chatd_message_batches_deferred_total (\d+)$", text, re.M).group(1))

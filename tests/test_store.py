@@ -189,13 +189,16 @@ async def test_latest_page_from_memory_matches_sql_while_posting(chat: Chat) -> 
 async def test_the_log_starts_over_after_checkpoints_under_steady_posting(
     chat: Chat, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Message batches commit on the writer thread; the checkpoint thread copies the log every
-    CHECKPOINT_EVERY commits and the writer thread finishes the copy between two batches, so
-    the log restarts instead of growing while posting lasts."""
+    """Message batches commit inline on a connection that never checkpoints and never waits
+    for the write lock; the writer thread checkpoints every CHECKPOINT_EVERY commits (its
+    second pass while posts queue), so the log restarts instead of growing while posting lasts."""
     from chatd.store import writer
 
     monkeypatch.setattr(writer, "CHECKPOINT_EVERY", 3)
     store = chat.services.store
+    inline = store._inline_writer
+    assert inline.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+    assert inline.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     alice = await chat.bearer("alice")
     commits = 150
     for i in range(commits):  # one at a time: one commit each

@@ -237,10 +237,11 @@ class AccountsStore(StoreBase):
 
         Every change that can revoke one (sign-out, password, deactivation; in this
         process or by a `chatd` command) moves `auth_version` in the same commit. That
-        row is read only when some connection has committed since the last look: PRAGMA
-        data_version of the inline reader (which never writes) moves with every commit,
-        and reading it costs no I/O. So a revocation holds from the next request on, and
-        a quiet moment costs a request no query.
+        row is read only when some other connection has committed since the last look:
+        PRAGMA data_version of the message-writing connection moves with every commit
+        but its own message batches (with synchronous=FULL, of the inline reader, with
+        every commit), and reading it costs no I/O. So a revocation holds from the next
+        request on, and a busy chat does not cost each request a query.
 
         One look per turn of the event loop: every request handled in a turn was read
         from its socket before the turn began, so before this look, and a change that
@@ -256,8 +257,9 @@ class AccountsStore(StoreBase):
         self._auth_looked = False
 
     def _look_at_credentials(self, conn: sqlite3.Connection) -> None:
+        watch = self._inline_writer or conn  # see _credentials_current
         try:
-            seen = conn.execute("PRAGMA data_version").fetchone()[0]
+            seen = watch.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.Error:
             seen = None  # cannot tell: read the versions below
         if seen is not None and seen == self._watch_seen:

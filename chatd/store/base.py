@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from chatd.errors import StorageUnavailable
 from chatd.models import Message, Room, User
-from chatd.store.db import Connection, connect_sync, storage_error
+from chatd.store.db import Connection, WriterThread, connect_sync, storage_error
 from chatd.store.writer import MessageWriter, OnCommit, OnLatency
 
 T = TypeVar("T")
@@ -46,17 +46,18 @@ def _bump_auth(conn: sqlite3.Connection) -> None:
 
 
 class StoreBase:
-    """Connections: a writer thread (every write), a reader thread (big reads), a checkpoint
-    thread, and an inline reader on the event loop (small reads; WAL: never waits)."""
+    """Connections: a writer thread, a reader thread (big reads), an inline reader on the
+    event loop (small reads; WAL: never waits) and, with synchronous=NORMAL, the inline
+    connection that commits message batches (writer.py)."""
 
     def __init__(self, path: Path, sync: str = "normal") -> None:
         self.path = Path(path)
         self.sync = sync
-        self._writer = Connection(self.path, sync)
+        self._writer = WriterThread(self.path, sync)
         self._reader = Connection(self.path, sync)
-        self._checkpointer = Connection(self.path, sync)
         self.messages_writer: MessageWriter | None = None
         self._inline: sqlite3.Connection | None = None
+        self._inline_writer: sqlite3.Connection | None = None
         # Messages never change once stored, so recent ones are kept ready-made.
         self._recent: OrderedDict[int, Message] = OrderedDict()
         # Every room, kept current by this process: rooms are created, and their
@@ -226,18 +227,23 @@ class StoreBase:
     async def open(self) -> None:
         await self._writer.open()  # creates and migrates the file first
         await self._reader.open()
-        await self._checkpointer.open()
         self._inline = await asyncio.to_thread(connect_sync, self.path, self.sync)
+        if self.sync == "normal":  # a commit waits for no disk: messages are written inline
+            self._inline_writer = await asyncio.to_thread(connect_sync, self.path, self.sync)
+            self._inline_writer.execute("PRAGMA busy_timeout = 0")
+            self._inline_writer.execute("PRAGMA wal_autocheckpoint = 0")
         for row in self._inline.execute(f"{_ROOM}"):
             self.note_room(Room._make(row))
 
     async def close(self) -> None:
         if self.messages_writer is not None:
             await self.messages_writer.stop()
+        if self._inline_writer is not None:
+            self._inline_writer.close()
+            self._inline_writer = None
         if self._inline is not None:
             self._inline.close()
             self._inline = None
-        await self._checkpointer.close()
         await self._reader.close()
         await self._writer.close()
 
@@ -247,7 +253,7 @@ class StoreBase:
             self._count_messages(messages)
             on_commit(messages)
 
-        self.messages_writer = MessageWriter(self._writer, self._checkpointer, committed, on_latency)
+        self.messages_writer = MessageWriter(self._writer, committed, on_latency, self._inline_writer)
         self.messages_writer.start()
         return self.messages_writer
 

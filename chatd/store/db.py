@@ -1,8 +1,9 @@
-"""SQLite connections: one writer thread, a reader thread, pragmas, error mapping."""
+"""SQLite connections: the writer thread, reader threads, pragmas, error mapping."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import sqlite3
@@ -137,6 +138,38 @@ class Connection:
         # aiosqlite's _execute hands a whole function to the connection's thread:
         # one hop per transaction instead of one per statement.
         return await self._db._execute(fn, self._db._conn, *args)  # type: ignore[attr-defined]
+
+
+class WriterThread:
+    """The connection that writes, on a thread of its own (a single-worker executor): every
+    write transaction but the inline message batches (writer.py) is handed to it whole."""
+
+    def __init__(self, path: Path, sync: str) -> None:
+        self.path, self.sync = path, sync
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="chatd-writer")
+        try:
+            self._conn = await asyncio.wrap_future(executor.submit(connect_sync, self.path, self.sync))
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._executor = executor
+
+    async def close(self) -> None:
+        executor, conn = self._executor, self._conn
+        self._executor = self._conn = None
+        if executor is not None and conn is not None:
+            await asyncio.wrap_future(executor.submit(conn.close))
+            executor.shutdown(wait=False)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(sqlite3_connection, *args) on the writer thread."""
+        if self._executor is None:
+            raise StorageUnavailable("the database is closed")
+        return await asyncio.wrap_future(self._executor.submit(fn, self._conn, *args))
 
 
 @contextlib.contextmanager

@@ -4,16 +4,27 @@ Posts queue up while a transaction is being written; the next transaction
 takes all of them. Every caller is answered only after the commit that holds
 its message, and the hub hears of messages in id order, after that commit.
 
-Every transaction runs on the writer thread, never on the event loop: a write
-can wait for the disk (an fsync with synchronous=FULL, a checkpoint, a disk
-that stalls or is frozen) or for SQLite's write lock (a `chatd` command), and
-while it waits, pages, reads and sockets are served and new posts queue for
-the next batch. The writer connection never checkpoints inside a commit: the
-checkpoint thread copies the log into the database file every CHECKPOINT_EVERY
-commits while commits go on, then the writer thread finishes the copy in a
-short second pass between two batches, so the log is wholly copied and the
+Where the transaction runs: with synchronous=NORMAL a WAL commit appends to
+the log and waits for no disk, so it runs inline on the event loop on its own
+connection (no thread hop, no contention for the GIL). That connection never
+waits for SQLite's write lock: when someone else holds it (a `chatd` command,
+or this server's other writes on the writer thread) the batch goes to the
+writer thread, which waits there, so the loop does not wait for the lock. It never
+checkpoints either: the writer thread does that every CHECKPOINT_EVERY inline
+commits, in two passes. The first copies the log into the database file (and
+waits for the disk) while commits go on; the second, with posts held in the
+queue, copies only what landed meanwhile, so the log is wholly copied and the
 next commit starts it over: the log stays bounded and posting pauses for a
-short pass, not a full one.
+short pass, not a full one. With synchronous=FULL every commit waits for an
+fsync, so every batch runs on the writer thread.
+
+What this costs when the disk stalls (a frozen file system during a VM snapshot, a
+block device that stops answering): an inline commit waits for the disk on the event
+loop, and with it the whole server, until the disk answers; nothing is lost. Moving
+every commit to the writer thread would avoid that, but a thread hop per batch cost
+about 40% of the posts a core can store on the machines chatd is measured on
+(docs/performance.md, "Where commits run"). With synchronous=FULL, where every batch is
+on the writer thread anyway, a stalled disk holds the posts and nothing else.
 """
 
 from __future__ import annotations
@@ -27,11 +38,11 @@ from dataclasses import dataclass, field
 
 from chatd.errors import ChatdError, Forbidden, NotFound, StorageUnavailable
 from chatd.models import Message, Room, User
-from chatd.store.db import Connection, storage_error, transaction
+from chatd.store.db import WriterThread, storage_error, transaction
 
 log = logging.getLogger("chatd.store")
 MAX_BATCH = 512
-CHECKPOINT_EVERY = 200  # commits between WAL checkpoints (a few MB of log)
+CHECKPOINT_EVERY = 200  # inline commits between WAL checkpoints (a few MB of log)
 
 OnCommit = Callable[[list[Message]], None]
 OnLatency = Callable[[float], None]
@@ -55,9 +66,12 @@ class Pending:
 class MessageWriter:
     """Single writer task: one transaction per batch of pending messages."""
 
-    def __init__(self, conn: Connection, checkpointer: Connection, on_commit: OnCommit, on_latency: OnLatency) -> None:
+    def __init__(
+        self, conn: WriterThread, on_commit: OnCommit, on_latency: OnLatency,
+        inline: sqlite3.Connection | None = None,
+    ) -> None:
         self._conn = conn
-        self._checkpointer = checkpointer
+        self._inline = inline  # None: every batch on the writer thread (synchronous=FULL)
         self._on_commit = on_commit
         self._on_latency = on_latency
         self._pending: list[Pending] = []
@@ -69,7 +83,8 @@ class MessageWriter:
         self._closing = False
         self._since_checkpoint = 0
         self._copying: asyncio.Task[None] | None = None  # the first checkpoint pass, if running
-        self.writing = 0  # posts in the batch on the writer thread now
+        self.deferred = 0  # batches that found the write lock taken and waited on the thread
+        self.writing = 0  # posts in the batch being written now
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="chatd-message-writer")
@@ -97,19 +112,32 @@ class MessageWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._inline is not None:
+                await self._gather()
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 await self._write(batch)
             if self._copying is not None and (self._copying.done() or self._closing):
                 await self._copying
                 self._copying = None
-                await self._checkpoint(self._conn)  # the rest, between two batches: the log starts over
+                await self._checkpoint()  # the rest, with posts held: the log starts over
             elif self._since_checkpoint >= CHECKPOINT_EVERY and self._copying is None and not self._closing:
-                self._since_checkpoint = 0  # the first pass, on its own thread, while commits go on
-                self._copying = asyncio.create_task(self._checkpoint(self._checkpointer), name="chatd-checkpoint")
+                self._since_checkpoint = 0  # the first pass, while commits go on
+                self._copying = asyncio.create_task(self._checkpoint(), name="chatd-checkpoint")
                 self._copying.add_done_callback(lambda _: self._wake.set())
             if self._closing:
                 return
+
+    async def _gather(self) -> None:
+        """A commit costs about as much for one message as for dozens: let the posts the
+        loop is already handling join the batch, for as long as each turn of the loop
+        brings more. Never an idle wait: a lone post is written on the next turn."""
+        waiting = len(self._pending)
+        while waiting < MAX_BATCH and not self._closing:
+            await asyncio.sleep(0)
+            if len(self._pending) == waiting:
+                return
+            waiting = len(self._pending)
 
     @property
     def waiting(self) -> int:
@@ -127,7 +155,7 @@ class MessageWriter:
         started = time.perf_counter()
         self.writing = len(batch)
         try:
-            results = await self._conn.run(_insert_batch, batch)
+            results = await self._insert(batch)
         except sqlite3.Error as exc:
             error: ChatdError = storage_error(exc) or StorageUnavailable(
                 "the server could not store the message"
@@ -139,7 +167,6 @@ class MessageWriter:
             return
         finally:
             self.writing = 0
-        self._since_checkpoint += 1
         self._on_latency(time.perf_counter() - started)
         try:
             self._on_commit([r[0] for r in results if not isinstance(r, ChatdError) and r[1]])
@@ -153,12 +180,26 @@ class MessageWriter:
             else:
                 item.future.set_result(result)
 
-    async def _checkpoint(self, conn: Connection) -> None:
-        """Copy the log into the database file: the first pass on the checkpoint thread while
-        commits go on, the second on the writer thread between two batches, so it completes
-        and the next commit starts the log over (module docstring)."""
+    async def _insert(self, batch: list[Pending]) -> list[Result]:
+        """Inline when the write lock is free; otherwise wait for it on the writer thread."""
+        if self._inline is not None:
+            try:
+                results = _insert_batch(self._inline, batch)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+                self.deferred += 1
+            else:
+                self._since_checkpoint += 1
+                return results
+        return await self._conn.run(_insert_batch, batch)
+
+    async def _checkpoint(self) -> None:
+        """Copy the log into the database file, on the writer thread: the first pass as its
+        own task while commits go on, the second awaited by the writer task while posts
+        wait, so it completes and the next commit starts the log over (module docstring)."""
         try:
-            await conn.run(_checkpoint)
+            await self._conn.run(_checkpoint)
         except (sqlite3.Error, ChatdError) as exc:  # the log keeps every commit; try again later
             log.warning("event=checkpoint_failed error=%r", str(exc))
 
