@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from markupsafe import Markup
 
-from chatd.models import Message, RoomState, User, rfc3339
+from chatd.models import Message, Room, RoomState, User, rfc3339
 
 
 def variant_for(message: Message, user: User) -> str:
@@ -29,25 +29,42 @@ def variants(messages: list[Message], user: User) -> list[str]:
 
 
 def message_html(m: Message, variant: str) -> str:
-    """One message: the contract's anchors are id="message-{id}" and data-author."""
+    """One message: the contract's anchors are id="message-{id}" and data-author.
+
+    Its accessible name is its header (author, time) and its text; the author link is not a
+    Tab stop (the list is walked with the arrow keys). The time is UTC here; the page's
+    script shows it in the reader's time zone, and groups and dates the messages.
+    """
     author = m.author  # usernames are [a-z0-9_.-]: nothing to escape
     stamp = rfc3339(m.created_at)
+    mid = f"message-{m.id}"
     client = f' data-client-id="{html.escape(m.client_id)}"' if m.client_id and variant == "mine" else ""
     return (
-        f'<article class="msg {variant}" id="message-{m.id}" data-author="{author}" data-id="{m.id}"{client}>'
-        f'<header><a class="author" href="/dm/{author}">{author}</a> '
-        f'<time datetime="{stamp}">{stamp[11:16]}</time></header>'
-        f'<div class="body">{m.html}</div></article>'
+        f'<article class="msg {variant}" id="{mid}" data-author="{author}" data-id="{m.id}"{client}'
+        f' tabindex="-1" aria-labelledby="{mid}-h {mid}-b">{avatar_html(author)}'
+        f'<header id="{mid}-h"><a class="author" href="/dm/{author}" tabindex="-1">{author}</a> '
+        f'<time datetime="{stamp}">{stamp[:10]} {stamp[11:16]} UTC</time></header>'
+        f'<div class="body" id="{mid}-b">{m.html}</div></article>'
     )
 
 
-def older_html(slug: str, more: bool, first_id: int | None) -> str:
-    """Above a page of messages: the infinite-scroll sentinel for the page before it, or the
-    start of the conversation."""
+@functools.lru_cache(maxsize=4096)
+def avatar_html(author: str) -> str:
+    """An initial on one of eight colours, the same for a name everywhere (styled by .h0-.h7)."""
+    return f'<span class="avatar h{sum(author.encode()) % 8}" aria-hidden="true">{author[:1].upper()}</span>'
+
+
+def older_html(room: Room, more: bool, first_id: int | None, peer: str | None) -> str:
+    """Above a page of messages: where the page before it loads from (the script fetches it
+    when this comes near the screen), or the start of the conversation."""
     if not more:
-        return '<div class="older start">This is the start of the conversation.</div>'
-    return (f'<div id="older" class="older" hx-get="/r/{html.escape(slug)}/history?before={first_id}"'
-            ' hx-trigger="intersect once" hx-swap="outerHTML"><span>Loading older messages&hellip;</span></div>')
+        if peer:
+            where = f"your conversation with @{peer}"
+        else:
+            where = ("" if room.kind == "private" else "#") + html.escape(room.name, quote=False)
+        return f'<p class="older start" role="note">This is the start of {where}.</p>'
+    return (f'<div id="older" class="older" data-href="/r/{room.slug}/history?before={first_id}">'
+            '<span>Loading older messages&hellip;</span></div>')
 
 
 def room_items_html(states: Iterable[RoomState], current_id: int | None) -> Markup:
@@ -84,10 +101,12 @@ def _room_item_parts(room_id: int, slug: str, name: str, kind: str, peer: str | 
 def online_html(names: list[str], oob: bool = False, shown: int = 100) -> Markup:
     """The people-online list (`#online`); `oob` makes it an htmx out-of-band swap."""
     swap = ' hx-swap-oob="true"' if oob else ""
-    items = [f'<li><a href="/dm/{n}"><span class="dot" aria-hidden="true"></span>{n}</a></li>'
-             for n in names[:shown]]  # usernames are [a-z0-9_.-]
+    items = [f'<li><a href="/dm/{n}" title="{n}"><span class="dot" aria-hidden="true"></span>'
+             f'<span class="label">{n}</span></a></li>' for n in names[:shown]]  # usernames are [a-z0-9_.-]
     if not items:
         items.append('<li class="empty">Nobody is online</li>')
     if len(names) > shown:
         items.append(f'<li class="empty">and {len(names) - shown} more</li>')
-    return Markup(f'<ul id="online" class="people"{swap} aria-live="polite">\n' + "\n".join(items) + "\n</ul>")
+    # Not a live region: a screen reader is not interrupted by every arrival and departure.
+    head = f'<ul id="online" class="people"{swap} aria-labelledby="online-heading">\n'
+    return Markup(head + "\n".join(items) + "\n</ul>")

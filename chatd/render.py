@@ -10,7 +10,7 @@ import jinja2
 from aiohttp import web
 from markupsafe import Markup
 
-from chatd import fragments
+from chatd import fragments, rules
 from chatd.models import Message, Room, User
 
 ONLINE_SHOWN = 100
@@ -27,7 +27,9 @@ class HtmlRenderer:
             auto_reload=False,  # templates ship in the package; no stat() per include per request
         )
         self.env.globals["online_html"] = fragments.online_html
-        self.env.globals["history_html"] = self.history_html
+        self.env.globals["older_html"] = self.older_html
+        self.env.globals["avatar_html"] = lambda name: Markup(fragments.avatar_html(name))
+        self.env.globals["messages_html"] = self.messages_html
         self._templates: dict[str, jinja2.Template] = {}
         self._cache: OrderedDict[tuple[int, str], str] = OrderedDict()
         # (user id, room id) -> (store epoch, room list HTML, DM list HTML)
@@ -51,14 +53,17 @@ class HtmlRenderer:
                 self._cache.popitem(last=False)
         return html
 
-    def history_html(self, room: Room, messages: list[Message], more: bool, viewer: User) -> Markup:
-        """A page of messages as this viewer sees them, under its infinite-scroll sentinel: the
-        room page's and the history partial's. One join, and the cache read inline: a call
-        per message, or a copy of the page's HTML, was a measurable share of a room page
-        (docs/performance.md)."""
-        older = fragments.older_html(room.slug, more, messages[0].id if messages else None)
+    def older_html(self, room: Room, messages: list[Message], more: bool, viewer: User) -> Markup:
+        """What goes above a page of messages: where the page before it loads from, or the start."""
+        peer = rules.dm_peer(room.slug, viewer.username) if room.kind == "dm" else None
+        return Markup(fragments.older_html(room, more, messages[0].id if messages else None, peer))
+
+    def messages_html(self, messages: list[Message], viewer: User) -> Markup:
+        """A page of messages as this viewer sees them: the room page's and the history
+        partial's. One join, and the cache read inline: a call per message, or a copy of the
+        page's HTML, was a measurable share of a room page (docs/performance.md)."""
         cache, shown = self._cache, zip(messages, fragments.variants(messages, viewer), strict=True)
-        return Markup("\n".join([older, *[cache.get((m.id, v)) or self.message_fragment(m, v) for m, v in shown]]))
+        return Markup("\n".join([cache.get((m.id, v)) or self.message_fragment(m, v) for m, v in shown]))
 
     def variant_for(self, message: Message, user: User) -> str:
         return fragments.variant_for(message, user)

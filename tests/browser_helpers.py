@@ -90,7 +90,7 @@ def sign_in(page: Any, username: str, password: str) -> None:
 
 
 def wait_online(page: Any, timeout: int = WAIT_MS) -> None:
-    page.wait_for_selector("#conn-state[data-state=online]", timeout=timeout)
+    page.wait_for_selector("#conn-state[data-state=online]", state="attached", timeout=timeout)
 
 
 def send(page: Any, text: str) -> None:

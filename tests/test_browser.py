@@ -358,6 +358,8 @@ def test_older_history_loads_on_scroll_without_reload(make_site: Callable[..., S
     site = make_site(env={"CHATD_MESSAGES_PER_SECOND": "1000", "CHATD_MESSAGE_BURST": "1000"})
     api = site.api("alice")
     posted = [api.post_message("general", f"history number {n}")["id"] for n in range(1, 121)]
+    # bob has read them (unread ones would open the page at the first of them, further up).
+    assert site.api("bob").call("POST", "/api/v1/rooms/general/read", {"message_id": posted[-1]})[0] == 204
     bob = site.page("bob")
     expect(bob.locator(MESSAGES)).to_have_count(50)
     assert ids_on(bob) == posted[-50:]
@@ -445,14 +447,14 @@ def test_console_stays_clean_on_every_page(site: Site) -> None:
 @pytest.mark.browser
 def test_phone_shows_conversation_and_hides_sidebar_until_menu(site: Site) -> None:
     phone = site.page("alice", viewport={"width": 390, "height": 800}, is_mobile=True, has_touch=True)
-    for selector in ("#scroller", "#composer textarea", "#composer button[type=submit]", "label.menu"):
+    for selector in ("#scroller", "#composer textarea", "#composer button[type=submit]", "#menu"):
         expect(phone.locator(selector)).to_be_in_viewport()
     sidebar = phone.locator("#sidebar")
     expect(sidebar).not_to_be_in_viewport()
     width = phone.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
     assert width[0] <= width[1], f"the page scrolls sideways on a phone: {width}"
 
-    phone.click("label.menu")
+    phone.click("#menu")
     expect(sidebar).to_be_in_viewport(ratio=0.95)
     expect(phone.locator("#sidebar a[href='/r/general']")).to_be_in_viewport()
     # Tapping beside the open sidebar closes it again.
@@ -527,6 +529,8 @@ def test_notifications_ask_with_a_button_never_on_load(site: Site) -> None:
     bob = site.page("bob")
     # The permission is still the browser's default after the page loaded: nothing asked.
     assert bob.evaluate("Notification.permission") == "default"
+    expect(bob.locator("#notify")).to_be_hidden()  # in the room menu, until it is opened
+    bob.locator("#room-menu summary").click()
     expect(bob.locator("#notify")).to_be_visible()
 
 

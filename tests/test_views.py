@@ -78,7 +78,7 @@ async def test_room_page_has_history_and_anchors(chat: Chat) -> None:
         older = await bob.get(f"/r/general/history?before={shown[0]}")
         part = await older.text()
         assert [int(x) for x in re.findall(r'id="message-(\d+)"', part)] == ids[:10]
-        assert "start of the conversation" in part
+        assert "This is the start of #general." in part
         assert (await bob.get("/r/general/history?before=abc")).status == 400
         # The pages' own markup is ASCII (entities for the rest): one non-ASCII character
         # makes Python hold the whole 36 KB page at two bytes a character, and encoding

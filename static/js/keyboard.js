@@ -1,0 +1,40 @@
+// The keyboard: the message list is one Tab stop, walked with ↑/↓ (Home/End for the first
+// and last loaded); Escape goes back to the composer from the list and closes the room menu;
+// the skip link lands in the composer.
+import { $, log, messages, textarea } from "./page.js";
+
+const roomMenu = $("room-menu");
+
+function moveIn(e) {
+  const all = [...messages.querySelectorAll(".msg")];
+  if (!all.length) return;
+  const at = all.indexOf(document.activeElement.closest?.(".msg"));
+  let next = null;
+  if (e.key === "ArrowUp") next = all[at < 0 ? all.length - 1 : Math.max(0, at - 1)];
+  else if (e.key === "ArrowDown") next = at < 0 ? null : all[at + 1];
+  else if (e.key === "Home") next = all[0];
+  else if (e.key === "End") next = all[all.length - 1];
+  else return;
+  e.preventDefault();
+  if (next) next.focus();
+  else if (e.key === "ArrowDown") textarea.focus();
+}
+
+export function init() {
+  messages.addEventListener("keydown", (e) => {
+    if (e.altKey || e.ctrlKey || e.metaKey) return;
+    if (e.key === "Escape") { e.preventDefault(); textarea.focus(); return; }
+    moveIn(e);
+  });
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && roomMenu.open) {
+      roomMenu.open = false;
+      roomMenu.querySelector("summary").focus();
+    }
+  });
+  document.addEventListener("click", (e) => {  // a click elsewhere closes the room menu
+    if (roomMenu.open && !roomMenu.contains(e.target)) roomMenu.open = false;
+  });
+  document.querySelector(".skip")?.addEventListener("click", (e) => { e.preventDefault(); textarea.focus(); });
+  log.tabIndex = 0;
+}

@@ -1,0 +1,21 @@
+// chatd's room page, in small pieces, one per behaviour (style.md, "Front end in small
+// pieces"). htmx does the talking over the socket; each piece below handles one thing and
+// hears the others only through page.js's events. The order matters where pieces react to
+// the same event: the composer drops a "sending…" copy before the list is arranged, and the
+// list is arranged (days, groups) before the unread piece measures what is on screen.
+import * as frames from "./frames.js";
+import * as connection from "./connection.js";
+import * as composer from "./composer.js";
+import * as arrange from "./arrange.js";
+import * as unread from "./unread.js";
+import * as scrollback from "./scrollback.js";
+import * as typing from "./typing.js";
+import * as sidebar from "./sidebar.js";
+import * as notifications from "./notifications.js";
+import * as access from "./access.js";
+import * as keyboard from "./keyboard.js";
+
+for (const piece of [frames, connection, composer, arrange, unread, scrollback, typing, sidebar,
+  notifications, access, keyboard]) {
+  piece.init();
+}

@@ -1,0 +1,58 @@
+// What every piece of the room page shares: its elements, who is looking, a small event
+// bus between the pieces, the scroll position, and the two ways the page speaks (a notice
+// on screen, an announcement for screen readers). No behaviour of its own.
+
+export const body = document.body;
+export const me = body.dataset.me;
+export const roomSlug = body.dataset.room;
+export const roomKind = body.dataset.kind;
+export const $ = (id) => document.getElementById(id);
+export const scroller = $("scroller");
+export const messages = $("messages");  // #earlier (older pages) then #log (the live list)
+export const log = $("log");
+export const earlier = $("earlier");
+export const composer = $("composer");
+export const textarea = composer.querySelector("textarea");
+
+// -- events between the pieces ------------------------------------------------------------
+// "messages" {nodes, live}: messages were added (live at the end, or an older page on top);
+// "frame" {data}: a JSON frame from the server; "connection" {state}; "unread-changed".
+const bus = new EventTarget();
+export function emit(name, detail = {}) { bus.dispatchEvent(new CustomEvent(name, { detail })); }
+export function on(name, fn) { bus.addEventListener(name, (e) => fn(e.detail)); }
+
+// -- messages ---------------------------------------------------------------------------------
+export const allMessages = () => messages.querySelectorAll(".msg[data-id]");
+export function lastId() {
+  const all = log.querySelectorAll(".msg[data-id]");
+  if (all.length) return Number(all[all.length - 1].dataset.id);
+  const old = earlier.querySelectorAll(".msg[data-id]");
+  return old.length ? Number(old[old.length - 1].dataset.id) : 0;
+}
+export const newId = () => (crypto.randomUUID ? crypto.randomUUID() :
+  Date.now().toString(36) + Math.random().toString(36).slice(2));
+
+// -- the scroll position: stuck to the newest message unless the reader scrolled away ----------
+export const view = {
+  stick: true,
+  atEnd() { return scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 40; },
+  toEnd() { scroller.scrollTop = scroller.scrollHeight; view.stick = true; },
+};
+scroller.addEventListener("scroll", () => { view.stick = view.atEnd(); }, { passive: true });
+
+// -- speaking ------------------------------------------------------------------------------------
+const announcer = $("announcer");
+/** Read out once by screen readers (a polite status), shown nowhere. */
+export function announce(text) {
+  announcer.textContent = "";
+  setTimeout(() => { announcer.textContent = text; }, 50);
+}
+const notice = $("notice");
+let noticeTimer = 0;
+/** One notice at a time on screen: a new one replaces the last. */
+export function showNotice(text) {
+  notice.textContent = text;
+  notice.hidden = false;
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(() => { notice.hidden = true; }, 5000);
+}
