@@ -1,7 +1,11 @@
 // The keyboard: the message list is one Tab stop, walked with ↑/↓ (Home/End for the first
-// and last loaded); Escape goes back to the composer from the list and closes the room menu;
-// the skip link lands in the composer.
-import { $, log, messages, textarea } from "./page.js";
+// and last loaded), and the links in a message are Tab stops only while it has the focus;
+// Escape goes back to the composer from the list and closes the room menu; the skip link
+// lands in the composer.
+import { $, log, messages, on, textarea } from "./page.js";
+
+const LINKS = "a[href], button";
+const quiet = (nodes) => { for (const n of nodes) for (const a of n.querySelectorAll(LINKS)) a.tabIndex = -1; };
 
 const roomMenu = $("room-menu");
 
@@ -37,4 +41,14 @@ export function init() {
   });
   document.querySelector(".skip")?.addEventListener("click", (e) => { e.preventDefault(); textarea.focus(); });
   log.tabIndex = 0;
+  quiet(messages.querySelectorAll(".msg"));
+  on("messages", ({ nodes }) => quiet(nodes));
+  messages.addEventListener("focusin", (e) => {
+    const msg = e.target.closest(".msg");
+    if (msg) for (const a of msg.querySelectorAll(LINKS)) a.tabIndex = 0;
+  });
+  messages.addEventListener("focusout", (e) => {
+    const msg = e.target.closest(".msg");
+    if (msg && !msg.contains(e.relatedTarget)) quiet([msg]);
+  });
 }

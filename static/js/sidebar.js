@@ -79,6 +79,7 @@ function frame(f) {
 const isOpen = () => sidebar.classList.contains("open");
 function openDrawer() {
   sidebar.classList.add("open");
+  sidebar.inert = false;
   sidebar.setAttribute("role", "dialog");
   sidebar.setAttribute("aria-modal", "true");
   menu.setAttribute("aria-expanded", "true");
