@@ -101,12 +101,6 @@ class RoomsStore(StoreBase):
         marks = self._read(self.user_marks, user.id)
         return room.id in marks and room.id not in self._states.get(user.id, {})
 
-    def read_mark_id(self, user: User, room: Room) -> int:
-        """The id of the newest message this user has read in this room (0: none)."""
-        row = self._read(lambda c: c.execute(
-            "SELECT last_read_id FROM memberships WHERE room_id = ? AND user_id = ?", (room.id, user.id)).fetchone())
-        return row[0] if row else 0
-
     def left_slugs(self, user: User) -> list[str]:
         """The public rooms this user left (kept out of their sidebar even with news)."""
         self._read(self.user_marks, user.id)

@@ -27,11 +27,10 @@ from chatd.auth import (
 from chatd.errors import BadInput, ChatdError, Forbidden, RateLimited, Unauthorized
 from chatd.hub import Conn
 from chatd.metrics import render_metrics
-from chatd.models import Message, Room, RoomState, User
+from chatd.models import Room, RoomState, User
 from chatd.services import Services, parse_int
 from chatd.sockets import open_socket, run_socket
 from chatd.state import CONFIG, RENDERER, SERVICES, STORE
-from chatd.store import Store
 
 log = logging.getLogger("chatd.views")
 routes = web.RouteTableDef()
@@ -182,22 +181,11 @@ async def _room_page(request: web.Request, user: User, credential: Any, room: Ro
         # The viewer's own socket is about to open: list them already.
         "online": sorted(set(services.live.online_in(room.id)) | {user.username}), "peer": _peer(room, user),
         "last_id": messages[-1].id if messages else 0,
-        "read_after": _read_after(services.store, user, room, messages, await services.store.unread(user, room)),
+        "unread": await services.store.unread(user, room),
         "joined": room.kind == "public" and services.store.joined(user, room),
         "left": services.store.left_slugs(user),
     }
     return _page(request, "room.html", ctx)
-
-
-def _read_after(store: Store, user: User, room: Room, messages: list[Message], unread: int) -> int:
-    """The id after which the unread messages begin (the page draws a line there). Unread
-    counts the newest messages by others, so they are the page's last `unread`; when the
-    page holds only unread ones, the read mark's own id says where they began."""
-    if unread <= 0:
-        return messages[-1].id if messages else 0
-    if unread < len(messages):
-        return messages[-unread - 1].id
-    return store.read_mark_id(user, room)
 
 
 async def _sidebar(request: web.Request, user: User, room: Room) -> tuple[Markup, Markup]:

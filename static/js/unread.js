@@ -5,12 +5,21 @@ import { $, body, log, me, messages, on, scroller, view } from "./page.js";
 
 const readmark = $("readmark");
 const pill = $("new-pill");
-const readAfter = Number(messages.dataset.readAfter || 0);  // read before this page opened
-let told = readAfter;  // the newest id the server has as read
-let seen = 0;          // the newest id that has been on screen
+// When the page opened, its newest `unreadCount` messages were unread (all by others: one's
+// own post moves one's read mark). Where they begin is known once that many are loaded.
+const unreadCount = Number(messages.dataset.unreadCount || 0);
+const newestAtOpen = Number(messages.dataset.newest || 0);
+let readAfter = 0;  // the newest message read before the page opened (0: not loaded yet)
+let told = 0;       // the newest id the server has as read
+let seen = 0;       // the newest id that has been on screen
 let timer = 0;
 let queued = false;
 
+function findReadMark() {
+  const opened = [...messages.querySelectorAll(".msg[data-id]")].filter((m) => Number(m.dataset.id) <= newestAtOpen);
+  readAfter = opened.length > unreadCount ? Number(opened[opened.length - unreadCount - 1].dataset.id) : 0;
+  told = Math.max(told, readAfter);
+}
 const isUnread = (m) => Number(m.dataset.id) > readAfter && m.dataset.author !== me;
 
 /** The newest message (with an id) whose top is on screen. */
@@ -79,12 +88,16 @@ function arrived(nodes) {
 
 /** An older page holds unread messages too: the line moves up to the first of them. */
 function earlierUnread(nodes) {
+  if (!$("unread-line") || readAfter) return;  // no line, or it is where it belongs
+  findReadMark();
   const first = nodes.find((n) => n.dataset.id && isUnread(n));
-  if (first && $("unread-line")) placeLine(first);
+  if (first) placeLine(first);
 }
 
 /** Where the page opens: at the "New messages" line if there is one, else at the end. */
 function open() {
+  findReadMark();
+  if (unreadCount === 0) { view.toEnd(); return; }
   const first = [...log.querySelectorAll(".msg[data-id]")].find(isUnread);
   if (!first) { view.toEnd(); return; }
   const line = placeLine(first);
