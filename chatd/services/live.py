@@ -159,8 +159,9 @@ class Live:
 
     # -- messages ---------------------------------------------------------------
 
-    def on_commit(self, messages: list[Message]) -> None:
-        """Hand each committed message to the hub, encoded once per wire form."""
+    def on_commit(self, messages: list[Message], listed: list[Message]) -> None:
+        """Hand each committed message to the hub, encoded once per wire form (`listed`: those
+        that brought their room into their author's sidebar)."""
         self.ensure_current()
         self.hub.metrics.messages_stored += len(messages)
         if messages:
