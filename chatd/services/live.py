@@ -11,9 +11,10 @@ A browser tab gets HTML fragments (messages, the online list) and JSON objects w
 - `{"room_updated": slug, "list": "rooms"|"dms", "sort": key, "html": "<li ...>", "unread": n}`:
   the room is in this user's sidebar now (created, joined, added to, unarchived, a DM's first
   message of one's own); add the entry, or replace it, in its list;
-- `{"room_removed": slug}`: out of the sidebar, still readable (archived; with `"left": true`
-  when the user left it, which keeps its later unread frames out too);
-  with `"here": true` the tab's own room is gone from its reach and the socket closes;
+- `{"room_removed": slug}`: out of the sidebar, still readable (archived); with `"left": true`
+  the user left it, and its later `unread` frames stay out of the sidebar too (the page's
+  `data-left`) until a `room_updated` brings it back; with `"here": true` (access lost) the
+  tab's own room is out of its reach and the socket closes;
 - `{"typing": username, "room": slug}`, `{"reload": true}`, and errors
   `{"error", "code", "client_id"}`.
 In `unread` and `room_updated`, `html` is the entry as the page renders it (empty badge) and
