@@ -75,7 +75,7 @@ def room_items_html(states: Iterable[RoomState], current_id: int | None) -> Mark
     """
     items = []
     for room, unread, peer in states:
-        link, inner = _room_item_parts(room.id, room.slug, room.name, room.kind, peer)
+        link, inner, _ = _room_item_parts(room.id, room.slug, room.name, room.kind, peer)
         if room.id == current_id:
             items.append(f'{link} aria-current="page">{inner}</span></a></li>')
         elif unread:
@@ -85,17 +85,38 @@ def room_items_html(states: Iterable[RoomState], current_id: int | None) -> Mark
     return Markup("\n".join(items))
 
 
+def sidebar_entry(room: Room, peer: str | None) -> tuple[str, str, str]:
+    """One entry as room_items_html renders it for a room not on screen, with an empty badge,
+    for a tab to put in its place live: (list, sort key, html), the list "rooms" or "dms"."""
+    link, inner, key = _room_item_parts(room.id, room.slug, room.name, room.kind, peer)
+    return ("dms" if peer else "rooms"), key, f"{link}>{inner}</span></a></li>"
+
+
+def sort_key(kind: str, name: str, peer: str | None) -> str:
+    """An entry's place in its list, as a string a page's script compares with `<`.
+
+    Rooms: public before private, then by name regardless of case (views.pages._sidebar sorts
+    by this key). DMs: by the other person's name, which is the order of store.sidebar_for
+    (by slug: the sorted pair of usernames joined by '+', which sorts below every username
+    character)."""
+    if peer:
+        return peer
+    return ("0" if kind == "public" else "1") + name.casefold()
+
+
 @functools.lru_cache(maxsize=8192)
-def _room_item_parts(room_id: int, slug: str, name: str, kind: str, peer: str | None) -> tuple[str, str]:
-    """The fixed parts of a sidebar entry: the link's start, and everything up to the badge's text."""
+def _room_item_parts(room_id: int, slug: str, name: str, kind: str, peer: str | None) -> tuple[str, str, str]:
+    """The fixed parts of a sidebar entry: the link's start, everything up to the badge's text,
+    and the sort key (also on the <li>, for the script)."""
     href = f"/dm/{peer}" if peer else f"/r/{slug}"
     if kind == "private":
         sigil = '<span class="sigil lock" title="private"></span>'
     else:
         sigil = f'<span class="sigil">{"@" if kind == "dm" else "#"}</span>'
     label = peer or html.escape(name, quote=False)
-    return (f'<li><a href="{href}"',
-            f'{sigil}<span class="label">{label}</span><span class="badge" data-unread="{slug}">')
+    key = sort_key(kind, name, peer)
+    return (f'<li data-sort="{html.escape(key)}"><a href="{href}"',
+            f'{sigil}<span class="label">{label}</span><span class="badge" data-unread="{slug}">', key)
 
 
 def online_html(names: list[str], oob: bool = False, shown: int = 100) -> Markup:

@@ -70,3 +70,6 @@ class HtmlRenderer:
 
     def online_fragment(self, names: list[str]) -> str:
         return fragments.online_html(names, oob=True, shown=ONLINE_SHOWN)
+
+    def sidebar_entry(self, room: Room, peer: str | None) -> tuple[str, str, str]:
+        return fragments.sidebar_entry(room, peer)

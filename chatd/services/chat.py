@@ -105,7 +105,7 @@ class Chat:
         except BaseException:
             self.room_limit.forget_last(user.id)  # a refused creation does not count
             raise
-        self.live.room_added(room, [user.id])
+        self.live.room_created(room, user.id)
         log.info("event=room_created room=%s kind=%s by=%s", slug, room.kind, user.username)
         return room
 
@@ -126,7 +126,12 @@ class Chat:
         room = await self.room_for(user, slug)
         if room.kind != "public":
             raise BadInput("only public rooms are joined and left this way; private rooms have members")
+        already = self.store.joined(user, room)
         await self.store.set_joined(user, room, joined)
+        if not joined:
+            self.live.left(user.id, room)
+        elif not already:
+            self.live.joined(user.id, room)
         return room
 
     async def visit(self, user: User, room: Room) -> None:
@@ -134,6 +139,7 @@ class Chat:
         if room.kind == "public" and not room.archived and not self.store.joined(user, room) \
                 and not self.store.left(user, room):
             await self.store.set_joined(user, room, True)
+            self.live.joined(user.id, room)
 
     async def archive_room(self, actor: User, slug: object, archived: bool) -> Room:
         """Administrators: archive a room (readable, no new messages, off the sidebar) or undo it."""

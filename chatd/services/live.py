@@ -2,6 +2,24 @@
 
 Everything here runs after a commit: the message writer calls `on_commit`
 with the messages of one transaction, in id order.
+
+A browser tab gets HTML fragments (messages, the online list) and JSON objects without a
+"type" key, which its script acts on:
+- `{"unread": slug, "kind", "name", "from", "id", "mention", "text", "list", "sort", "html"}`:
+  a message in a room the tab does not show;
+- `{"unread_set": {slug: n}}` after a read mark, `{"unread_all": {slug: n, ...}}` on connecting;
+- `{"room_updated": slug, "list": "rooms"|"dms", "sort": key, "html": "<li ...>", "unread": n}`:
+  the room is in this user's sidebar now (created, joined, added to, unarchived, a DM's first
+  message of one's own); add the entry, or replace it, in its list;
+- `{"room_removed": slug}`: out of the sidebar, still readable (archived); with `"left": true`
+  the user left it, and its later `unread` frames stay out of the sidebar too (the page's
+  `data-left`) until a `room_updated` brings it back; with `"here": true` (access lost) the
+  tab's own room is out of its reach and the socket closes;
+- `{"typing": username, "room": slug}`, `{"reload": true}`, and errors
+  `{"error", "code", "client_id"}`.
+In `unread` and `room_updated`, `html` is the entry as the page renders it (empty badge) and
+`sort` is its `data-sort`: an entry goes before the first one with a greater key. A tab
+showing the room gets no `room_updated` for it (its page lists it already).
 """
 
 from __future__ import annotations
@@ -17,6 +35,7 @@ from chatd.config import Config
 from chatd.errors import NotFound
 from chatd.hub import Conn, Envelope, Hub, text_frame
 from chatd.models import Message, Room, User
+from chatd.rules import dm_peer
 from chatd.store import Store
 
 log = logging.getLogger("chatd.live")
@@ -37,6 +56,8 @@ class Renderer(Protocol):
     def variant_for(self, message: Message, user: User) -> str: ...
 
     def online_fragment(self, names: list[str]) -> str: ...
+
+    def sidebar_entry(self, room: Room, peer: str | None) -> tuple[str, str, str]: ...
 
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # built once
@@ -91,20 +112,50 @@ class Live:
         """A new room: readable from now on (by its members, for a private one)."""
         self.access.add_room(room.id, room.kind, members, room.archived)
 
+    def room_created(self, room: Room, creator_id: int) -> None:
+        """A room created: readable at once; streams that may read it are told, and it goes into
+        its creator's sidebar. Others' sidebars list a public room once it brings them news."""
+        self.room_added(room, [creator_id])
+        streams = self.hub.streams if room.kind == "public" else self._sockets(creator_id, "stream")
+        self.hub.send_to(list(streams), event_frame({"type": "room_updated", "room": room.to_json(0)}))
+        self._show(creator_id, room)
+
     def member_added(self, room: Room, user_id: int) -> None:
-        """The user's open streams get the room's events from now on, without reconnecting."""
+        """The user's open streams get the room's events from now on, without reconnecting,
+        and their tabs list it."""
         self.access.grant(room.id, user_id)
         frame = event_frame({"type": "room_updated", "room": room.to_json(0)})
-        self.hub.send_to([c for c in self.hub.by_user.get(user_id, ()) if c.kind == "stream"], frame)
+        self.hub.send_to(self._sockets(user_id, "stream"), frame)
+        self._show(user_id, room)
 
     def member_removed(self, room: Room, user_id: int) -> None:
         if self.access.revoke(room.id, user_id):
             self._lost(room, [user_id])
 
+    def joined(self, user_id: int, room: Room) -> None:
+        """The user joined a public room (with Join, by opening it or by posting in it)."""
+        streams = self._sockets(user_id, "stream")
+        if streams:
+            _, unread = self.store.sidebar_state(user_id, room)
+            self.hub.send_to(streams, event_frame({"type": "room_updated", "room": room.to_json(unread)}))
+        self._show(user_id, room)
+
+    def left(self, user_id: int, room: Room) -> None:
+        """The user left a public room: out of the sidebar of every tab of theirs, the room's own
+        included (it stays readable, so nothing closes)."""
+        self.hub.send_to(self._sockets(user_id, "browser"), event_frame({"room_removed": room.slug, "left": True}))
+
     def room_archived(self, room: Room) -> None:
-        """Tabs showing the room load it again (without a composer, or with it back)."""
+        """Tabs showing the room load it again (without a composer, or with it back); the other
+        tabs of those who may read it drop it from the sidebar, or list it again if theirs would."""
         self.access.set_archived(room.id, room.archived)
         self.hub.send_to(list(self.hub.viewers.get(room.id, ())), event_frame({"reload": True}))
+        tabs = [c for c in self.hub.readers(room.id) if c.kind == "browser" and c.room_id != room.id]
+        if room.archived:
+            self.hub.send_to(tabs, event_frame({"room_removed": room.slug}))
+            return
+        for user_id in {c.user.id for c in tabs}:
+            self._show(user_id, room)
 
     def room_deleted(self, room: Room) -> None:
         readers = {c.user.id for c in self.hub.readers(room.id)}
@@ -131,6 +182,22 @@ class Live:
         self.hub.close(shown, POLICY_VIOLATION, b"no access to this room")
         if shown:
             log.info("event=access_lost room=%s sockets_closed=%d", room.slug, len(shown))
+
+    def _show(self, user_id: int, room: Room, peer: str | None = None) -> None:
+        """This user's tabs put the room's entry in their sidebar, if their sidebar lists it now
+        (tabs showing the room list it already)."""
+        tabs = [c for c in self._sockets(user_id, "browser") if c.room_id != room.id]
+        if not tabs:
+            return
+        listed, unread = self.store.sidebar_state(user_id, room)
+        if not listed:
+            return
+        name, key, html = self.renderer.sidebar_entry(room, peer)
+        self.hub.send_to(tabs, event_frame(
+            {"room_updated": room.slug, "list": name, "sort": key, "html": html, "unread": unread}))
+
+    def _sockets(self, user_id: int, kind: str) -> list[Conn]:
+        return [c for c in self.hub.by_user.get(user_id, ()) if c.kind == kind]
 
     def socket_room(self, conn: Conn) -> Room:
         """The room a tab shows, if its user may still read it (every frame of a tab asks)."""
@@ -159,8 +226,9 @@ class Live:
 
     # -- messages ---------------------------------------------------------------
 
-    def on_commit(self, messages: list[Message]) -> None:
-        """Hand each committed message to the hub, encoded once per wire form."""
+    def on_commit(self, messages: list[Message], listed: list[Message]) -> None:
+        """Hand each committed message to the hub, encoded once per wire form; then tell the
+        authors of `listed` that their post brought its room into their sidebar."""
         self.ensure_current()
         self.hub.metrics.messages_stored += len(messages)
         if messages:
@@ -174,6 +242,14 @@ class Live:
             envelopes.append(Envelope(message.id, message.room_id, message.author_id, mentioned,
                                       lambda form, m=message: self._build(m, form)))
         self.hub.publish(envelopes)
+        for message in listed:
+            room = self.store.rooms.get(message.room_id)
+            if room is None:
+                continue
+            if room.kind == "dm":
+                self._show(message.author_id, room, dm_peer(room.slug, message.author))
+            else:
+                self.joined(message.author_id, room)
 
     def message_json(self, message: Message) -> str:
         """The message object of the contract as JSON text, encoded once per message."""
@@ -194,12 +270,17 @@ class Live:
             return f'{{"type":"message","message":{self.message_json(message)}}}'.encode()
         if form.startswith("unread"):
             room = self.store.rooms.get(message.room_id)
-            return dumps({
+            data = {
                 "unread": message.room, "kind": room.kind if room else "public",
                 "name": room.name if room else message.room, "from": message.author,
                 "id": message.id, "mention": form == "unread-mention",
                 "text": message.body[:NOTIFY_SNIPPET],
-            })
+            }
+            if room is not None:  # the entry for a tab that does not list the room yet
+                # A DM's unread frame goes to one person, for whom the other is its author.
+                peer = message.author if room.kind == "dm" else None
+                data["list"], data["sort"], data["html"] = self.renderer.sidebar_entry(room, peer)
+            return dumps(data)
         return self.renderer.message_fragment(message, form).encode()
 
     def message_frame(self, message: Message, conn: Conn) -> bytes:

@@ -12,9 +12,10 @@ from typing import Any, TypeVar
 from chatd.errors import StorageUnavailable
 from chatd.models import Message, Room, User
 from chatd.store.db import Connection, WriterThread, connect_sync, storage_error
-from chatd.store.writer import MessageWriter, OnCommit, OnLatency
+from chatd.store.writer import MessageWriter, OnLatency
 
 T = TypeVar("T")
+Committed = Callable[[list[Message], list[Message]], None]
 MESSAGE_CACHE = 20_000
 MARKS_CACHE = 5_000
 LATEST_KEPT = 200  # newest message ids kept per room: a room page needs no SQL for them
@@ -117,13 +118,22 @@ class StoreBase:
         room_id = self._slugs.get(slug)
         return None if room_id is None else self.rooms.get(room_id)
 
-    def _count_messages(self, messages: list[Message]) -> None:
-        """Committed messages: room counts move on, and posting reads the room for its author."""
+    def _count_messages(self, messages: list[Message]) -> list[Message]:
+        """Committed messages: room counts move on, and posting reads the room for its author
+        (and joins a public one). Returns the messages that brought their room into their
+        author's sidebar: the author had not joined the public room, or it is a DM's first."""
         self.epoch += 1
         rooms = self.rooms
+        listed = []
         for m in messages:
             room = rooms.get(m.room_id)
             if room is not None:
+                if room.kind == "dm":
+                    brought_in = not room.last_message_id
+                else:
+                    brought_in = room.kind == "public" and not self._joined_now(m.author_id, room.id)
+                if brought_in:
+                    listed.append(m)
                 room = rooms[m.room_id] = room._replace(last_message_id=m.id, message_count=room.message_count + 1)
                 self.note_mark(m.author_id, room.id, room.message_count, create=room.kind == "public")
                 if room.kind == "public":
@@ -134,6 +144,14 @@ class StoreBase:
                 latest.append(m.id)
                 if len(latest) > 2 * LATEST_KEPT:
                     del latest[:-LATEST_KEPT]
+        return listed
+
+    def _joined_now(self, user_id: int, room_id: int) -> bool:
+        """Had this user joined this public room, as far as the mirrored marks tell? An author
+        whose marks are not loaded counts as joined: nothing is announced for them (a user
+        with a tab open loaded theirs, and keeps them in use with read marks)."""
+        marks = self._marks.get(user_id)
+        return marks is None or (room_id in marks and room_id not in self._states.get(user_id, {}))
 
     def latest_ids(self, conn: sqlite3.Connection, room_id: int) -> list[int]:
         """The room's newest message ids, oldest first (at least LATEST_KEPT when it has them)."""
@@ -247,11 +265,13 @@ class StoreBase:
         await self._reader.close()
         await self._writer.close()
 
-    def start_writer(self, on_commit: OnCommit, on_latency: OnLatency) -> MessageWriter:
+    def start_writer(self, on_commit: Committed, on_latency: OnLatency) -> MessageWriter:
+        """Start the message writer; after each commit, `on_commit(messages, listed)` gets the
+        messages and those of them that brought a room into their author's sidebar."""
+
         def committed(messages: list[Message]) -> None:
             self.remember(messages)
-            self._count_messages(messages)
-            on_commit(messages)
+            on_commit(messages, self._count_messages(messages))
 
         self.messages_writer = MessageWriter(self._writer, committed, on_latency, self._inline_writer)
         self.messages_writer.start()

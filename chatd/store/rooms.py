@@ -51,19 +51,21 @@ class RoomsStore(StoreBase):
 
         def op(conn: sqlite3.Connection) -> list[RoomState]:
             marks, states = self.user_marks(conn, user.id), self.user_states(conn, user.id)
-            shown = []
-            for state in self.rooms_for_now(conn, user):
-                room = state.room
-                if room.archived:
-                    continue
-                if room.kind == "public":
-                    joined = room.id in marks and room.id not in states
-                    if not joined and (states.get(room.id) == -1 or not state.unread):
-                        continue
-                elif room.kind == "dm" and not room.last_message_id:
-                    continue
-                shown.append(state)
-            return shown
+            return [s for s in self.rooms_for_now(conn, user) if _listed(s.room, s.unread, marks, states)]
+
+        return self._read(op)
+
+    def sidebar_state(self, user_id: int, room: Room) -> tuple[bool, int]:
+        """Whether this user's sidebar lists the room (sidebar_for's rule), and their unread
+        count in it; (False, 0) for a private room or DM they are not a member of."""
+
+        def op(conn: sqlite3.Connection) -> tuple[bool, int]:
+            marks, states = self.user_marks(conn, user_id), self.user_states(conn, user_id)
+            current = self.rooms.get(room.id, room)
+            if current.kind != "public" and current.id not in marks:
+                return False, 0
+            unread = max(0, current.message_count - marks.get(current.id, 0))
+            return _listed(current, unread, marks, states), unread
 
         return self._read(op)
 
@@ -378,6 +380,18 @@ class RoomsStore(StoreBase):
         return self._read(lambda c: c.execute(
             "SELECT max(coalesce((SELECT max(id) FROM messages), 0),"
             " (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'message_id_floor'))").fetchone()[0])
+
+
+def _listed(room: Room, unread: int, marks: dict[int, int], states: dict[int, int]) -> bool:
+    """Is this room, which the user may read, in their sidebar? Public rooms they joined, or
+    have neither joined nor left while they have unread messages; their private rooms; DMs
+    with messages. Never an archived room (it is on the rooms page)."""
+    if room.archived:
+        return False
+    if room.kind == "public":
+        joined = room.id in marks and room.id not in states
+        return joined or (states.get(room.id) != -1 and unread > 0)
+    return room.kind != "dm" or bool(room.last_message_id)
 
 
 def _replay_scope(user: User | None, room: Room | None) -> tuple[str, tuple[int, ...]]:
