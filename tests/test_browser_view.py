@@ -449,3 +449,54 @@ def test_notices_replace_each_other_instead_of_stacking(make_site) -> None:  # n
     expect(bob.locator("#notice")).to_contain_text(re.compile("rate|fast|slow", re.I))
     site.watch.problems = [p for p in site.watch.problems if "429" not in p]
     assert site.watch.problems == []
+
+
+# -- 6. the live sidebar ---------------------------------------------------------------------------------
+
+def sidebar_rooms(page: Any) -> list[str]:
+    return page.eval_on_selector_all("#room-list a", "els => els.map(a => a.getAttribute('href'))")
+
+
+def test_the_sidebar_follows_rooms_created_joined_left_and_added_in_sorted_place(site: Site) -> None:
+    alice = site.api("alice")
+    alice.create_room("zebra", "Zebra")
+    bob = site.page("bob")  # one tab stays on general throughout
+    assert sidebar_rooms(bob) == ["/r/general"]
+    # Added to a private room: it appears, after the public rooms.
+    alice.create_room("ops", "Ops", private=True)
+    alice.add_member("ops", "bob")
+    expect(bob.locator("#room-list a[href='/r/ops']")).to_have_count(1)
+    assert sidebar_rooms(bob) == ["/r/general", "/r/ops"]
+    # A room bob creates in another tab appears here too, in its place by name.
+    other = site.page("bob")
+    other.goto("/rooms/new")
+    other.fill("input[name=slug]", "aardvark")
+    other.fill("input[name=name]", "Aardvark")
+    with other.expect_navigation():
+        other.get_by_role("button", name=re.compile("Create")).click()
+    expect(bob.locator("#room-list a[href='/r/aardvark']")).to_have_count(1)
+    assert sidebar_rooms(bob) == ["/r/aardvark", "/r/general", "/r/ops"]
+    # News in a public room bob has not joined brings it in, in its place, with its count.
+    alice.create_room("middle", "Middle")
+    alice.post_message("middle", "news")
+    expect(bob.locator('[data-unread="middle"]')).to_have_text("1")
+    assert sidebar_rooms(bob) == ["/r/aardvark", "/r/general", "/r/middle", "/r/ops"]
+    # Joining in the other tab, then leaving there: here it comes and goes at once.
+    other.goto("/r/zebra")
+    wait_online(other)
+    expect(bob.locator("#room-list a[href='/r/zebra']")).to_have_count(1)
+    assert sidebar_rooms(bob) == ["/r/aardvark", "/r/general", "/r/middle", "/r/zebra", "/r/ops"]
+    other.locator("#room-menu summary").click()
+    with other.expect_navigation():
+        other.get_by_role("button", name="Leave #Zebra").click()
+    expect(bob.locator("#room-list a[href='/r/zebra']")).to_have_count(0)
+    # ...and its next message does not bring it back.
+    alice.post_message("zebra", "still here")
+    alice.post_message("general", "marker")
+    message_id(bob, "marker", "alice")
+    expect(bob.locator("#room-list a[href='/r/zebra']")).to_have_count(0)
+    # Leaving the private room (through the API, from elsewhere): gone.
+    status, _ = site.api("bob").call("DELETE", "/api/v1/rooms/ops/members/bob")
+    assert status == 204
+    expect(bob.locator("#room-list a[href='/r/ops']")).to_have_count(0)
+    assert site.watch.problems == []

@@ -72,7 +72,10 @@ function frame(f) {
     place(f.list, f.sort, f.html);
     setUnread(f.room_updated, Number(f.unread) || 0);
   }
-  if (f.room_removed) removeEntry(f.room_removed, f.here);
+  if (f.room_removed) {
+    if (f.left) left.add(f.room_removed);  // its next message does not bring it back
+    removeEntry(f.room_removed, f.here);
+  }
 }
 
 // -- the drawer ---------------------------------------------------------------------------
