@@ -199,9 +199,9 @@ async def _sidebar(request: web.Request, user: User, room: Room) -> tuple[Markup
     if all(s.room.id != room.id for s in states):  # the room on screen is always listed
         states.append(RoomState(room, 0, _peer(room, user)))
     # In the order of each entry's data-sort, where a tab puts the entries it gets live.
-    key = fragments.sort_key
-    rooms = sorted((s for s in states if s.peer is None), key=lambda s: key(s.room.kind, s.room.name, None))
-    dms = sorted((s for s in states if s.peer is not None), key=lambda s: key(s.room.kind, s.room.name, s.peer))
+    place = fragments.sort_key
+    rooms = sorted((s for s in states if s.peer is None), key=lambda s: place(s.room.kind, s.room.name, None))
+    dms = sorted((s for s in states if s.peer is not None), key=lambda s: place(s.room.kind, s.room.name, s.peer))
     rooms_html = fragments.room_items_html(rooms, room.id)
     dms_html = fragments.room_items_html(dms, room.id)
     if len(renderer.sidebars) >= SIDEBAR_CACHE:
