@@ -31,27 +31,27 @@ def variants(messages: list[Message], user: User) -> list[str]:
 def message_html(m: Message, variant: str) -> str:
     """One message: the contract's anchors are id="message-{id}" and data-author.
 
-    Its accessible name is its header (author, time) and its text; the author link is not a
-    Tab stop (the list is walked with the arrow keys). The time is UTC here; the page's
-    script shows it in the reader's time zone, and groups and dates the messages.
+    Named by its own text (author, time, body) for screen readers; the page's script makes it
+    focusable and takes its links out of the Tab order (the list is walked with the arrow
+    keys), shows the time in the reader's zone, and dates and groups the messages. The time
+    here is UTC, for a page without its script.
     """
     author = m.author  # usernames are [a-z0-9_.-]: nothing to escape
     stamp = rfc3339(m.created_at)
-    mid = f"message-{m.id}"
     client = f' data-client-id="{html.escape(m.client_id)}"' if m.client_id and variant == "mine" else ""
     return (
-        f'<article class="msg {variant}" id="{mid}" data-author="{author}" data-id="{m.id}"{client}'
-        f' tabindex="-1" aria-labelledby="{mid}-h {mid}-b">{avatar_html(author)}'
-        f'<header id="{mid}-h"><a class="author" href="/dm/{author}" tabindex="-1">{author}</a> '
+        f'<article class="msg {variant}" id="message-{m.id}" data-author="{author}" data-id="{m.id}"{client}'
+        f' aria-labelledby="message-{m.id}">{avatar_html(author)}'
+        f'<header><a class="author" href="/dm/{author}">{author}</a> '
         f'<time datetime="{stamp}">{stamp[:10]} {stamp[11:16]} UTC</time></header>'
-        f'<div class="body" id="{mid}-b">{m.html}</div></article>'
+        f'<div class="body">{m.html}</div></article>'
     )
 
 
 @functools.lru_cache(maxsize=4096)
 def avatar_html(author: str) -> str:
-    """An initial on one of eight colours, the same for a name everywhere (styled by .h0-.h7)."""
-    return f'<span class="avatar h{sum(author.encode()) % 8}" aria-hidden="true">{author[:1].upper()}</span>'
+    """An initial on one of eight colours, the same for a name everywhere (.av.h0 to .h7)."""
+    return f'<i class="av h{sum(author.encode()) % 8}" aria-hidden="true">{author[:1].upper()}</i>'
 
 
 def older_html(room: Room, more: bool, first_id: int | None, peer: str | None) -> str:

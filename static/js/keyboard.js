@@ -5,7 +5,12 @@
 import { $, log, messages, on, textarea } from "./page.js";
 
 const LINKS = "a[href], button";
-const quiet = (nodes) => { for (const n of nodes) for (const a of n.querySelectorAll(LINKS)) a.tabIndex = -1; };
+const quiet = (nodes) => {
+  for (const n of nodes) {
+    n.tabIndex = -1;  // focusable by the arrow keys, not a Tab stop
+    for (const a of n.querySelectorAll(LINKS)) a.tabIndex = -1;
+  }
+};
 
 const roomMenu = $("room-menu");
 
@@ -49,6 +54,6 @@ export function init() {
   });
   messages.addEventListener("focusout", (e) => {
     const msg = e.target.closest(".msg");
-    if (msg && !msg.contains(e.relatedTarget)) quiet([msg]);
+    if (msg && !msg.contains(e.relatedTarget)) for (const a of msg.querySelectorAll(LINKS)) a.tabIndex = -1;
   });
 }
