@@ -4,14 +4,19 @@ from __future__ import annotations
 
 
 class ChatdError(Exception):
-    """A failure the caller can understand; `code` and `status` follow the contract."""
+    """A failure the caller can understand; `code` and `status` follow the contract.
+
+    `field` names the input it concerns ("username", "slug"...), so a form can show the
+    sentence next to that field; None when it concerns the request as a whole."""
 
     code = "bad_request"
     status = 400
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
+                 field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.field = field
         if code is not None:
             self.code = code
         if status is not None:
@@ -60,8 +65,8 @@ class TooLarge(ChatdError):
 class RateLimited(ChatdError):
     code, status = "rate_limited", 429
 
-    def __init__(self, message: str, retry_after: float = 1.0) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, retry_after: float = 1.0, *, field: str | None = None) -> None:
+        super().__init__(message, field=field)
         self.retry_after = retry_after
 
 

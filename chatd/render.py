@@ -30,6 +30,10 @@ class HtmlRenderer:
         self.env.globals["older_html"] = self.older_html
         self.env.globals["avatar_html"] = lambda name: Markup(fragments.avatar_html(name))
         self.env.globals["messages_html"] = self.messages_html
+        # What the forms accept, in the words and limits the server checks them with.
+        self.env.globals.update({name: getattr(rules, name) for name in (
+            "USERNAME_RULE", "SLUG_RULE", "PASSWORD_RULE", "ROOM_NAME_RULE",
+            "MAX_USERNAME", "MAX_SLUG", "MAX_ROOM_NAME", "MIN_PASSWORD")})
         self._templates: dict[str, jinja2.Template] = {}
         self._cache: OrderedDict[tuple[int, str], str] = OrderedDict()
         # (user id, room id) -> (store epoch, room list HTML, DM list HTML)

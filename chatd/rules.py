@@ -11,11 +11,18 @@ from dataclasses import dataclass
 from chatd.errors import BadInput, NotFound, TooLarge
 
 MAX_BODY = 10_000
-USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
-SLUG_RE = re.compile(r"[a-z0-9-]{1,64}")
+MAX_USERNAME = 32
+MAX_SLUG = 64
+USERNAME_RE = re.compile(rf"[a-z0-9][a-z0-9_.-]{{0,{MAX_USERNAME - 1}}}")
+SLUG_RE = re.compile(rf"[a-z0-9-]{{1,{MAX_SLUG}}}")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 MAX_ROOM_NAME = 80
+# Each rule in words, for the errors below and the hints next to the form fields.
+USERNAME_RULE = f"1 to {MAX_USERNAME} characters of a-z, 0-9, '_', '.', '-', starting with a letter or a digit"
+SLUG_RULE = f"1 to {MAX_SLUG} characters of a-z, 0-9 and '-'"
+PASSWORD_RULE = f"at least {MIN_PASSWORD} characters"
+ROOM_NAME_RULE = f"at most {MAX_ROOM_NAME} characters"
 CLIENT_ID_RE = re.compile(r"[\x21-\x7e]{1,64}")
 
 # Bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069) reorder the
@@ -36,39 +43,50 @@ _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 def check_username(name: object) -> str:
     """Return the canonical (lower-case) username or raise BadInput."""
     if not isinstance(name, str) or not USERNAME_RE.fullmatch(name.lower()):
-        raise BadInput(
-            "usernames are 1 to 32 characters of a-z, 0-9, '_', '.', '-', "
-            "starting with a letter or a digit"
-        )
+        why = _what_breaks(name.lower() if isinstance(name, str) else name, "[a-z0-9_.-]", MAX_USERNAME)
+        raise BadInput(f"usernames are {USERNAME_RULE}{why}", field="username")
     return name.lower()
 
 
 def check_password(password: object) -> str:
     if not isinstance(password, str) or len(password) < MIN_PASSWORD:
-        raise BadInput(f"passwords must be at least {MIN_PASSWORD} characters")
+        raise BadInput(f"passwords must be {PASSWORD_RULE}", field="password")
     if len(password) > MAX_PASSWORD:
-        raise BadInput(f"passwords must be at most {MAX_PASSWORD} characters")
+        raise BadInput(f"passwords must be at most {MAX_PASSWORD} characters", field="password")
     if has_surrogates(password):
-        raise BadInput("the password is not valid Unicode")
+        raise BadInput("the password is not valid Unicode", field="password")
     return password
 
 
 def check_slug(slug: object) -> str:
     if not isinstance(slug, str) or not SLUG_RE.fullmatch(slug):
-        raise BadInput("room slugs are 1 to 64 characters of a-z, 0-9 and '-'")
+        raise BadInput(f"room slugs are {SLUG_RULE}{_what_breaks(slug, '[a-z0-9-]', MAX_SLUG)}", field="slug")
     return slug
+
+
+def _what_breaks(text: object, allowed: str, longest: int) -> str:
+    """What in `text` breaks a rule, for the end of its error: the characters it may not
+    have, its length, or nothing more to say."""
+    if not isinstance(text, str) or not text:
+        return ""
+    refused = sorted(set(re.sub(allowed, "", text)))
+    if refused:
+        shown = ", ".join("a space" if ch == " " else f"'{ch}'" if ch.isprintable() else f"U+{ord(ch):04X}"
+                          for ch in refused[:5])
+        return f"; not {shown}"
+    return f"; this one has {len(text)}" if len(text) > longest else ""
 
 
 def check_room_name(name: object, slug: str) -> str:
     if name is None or name == "":
         return slug
     if not isinstance(name, str) or has_surrogates(name):
-        raise BadInput("the room name must be text")
+        raise BadInput("the room name must be text", field="name")
     name = " ".join(_BIDI_RE.sub("", _CONTROL_RE.sub("", name)).split())
     if is_blank(name):
         return slug
     if len(name) > MAX_ROOM_NAME:
-        raise BadInput(f"room names are at most {MAX_ROOM_NAME} characters")
+        raise BadInput(f"room names are {ROOM_NAME_RULE}", field="name")
     return name
 
 

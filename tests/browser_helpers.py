@@ -23,6 +23,10 @@ CHROMIUM_ARGS = [
 # Generous: CI machines are slow, and every wait ends as soon as its condition holds.
 WAIT_MS = 15_000
 NOT_ONLINE = "connecting|offline"
+# axe-core, vendored for the tests only (tests/vendor/README.md says where from and how to update).
+AXE = Path(__file__).resolve().parent / "vendor" / "axe-core-4.14.1.min.js"
+# WCAG 2.0, 2.1 and 2.2 at levels A and AA, and Deque's best practices.
+AXE_TAGS = ("wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice")
 
 
 def launch(playwright: Any) -> Any:
@@ -168,3 +172,28 @@ class Api:
         status, data = self.call("GET", "/api/v1/rooms")
         assert status == 200, (status, data)
         return {room["slug"]: room["unread"] for room in data["rooms"]}
+
+
+_AXE_RUN = """async (tags) => {
+  const results = await axe.run(document, {runOnly: {type: "tag", values: tags}, resultTypes: ["violations"]});
+  return results.violations.map((v) => ({id: v.id, nodes: v.nodes.map((n) => ({
+    impact: n.impact, target: n.target, summary: n.failureSummary || v.help}))}));
+}"""
+
+
+def axe_violations(page: Any, impacts: tuple[str, ...] = ("serious", "critical"),
+                   tags: tuple[str, ...] = AXE_TAGS) -> list[str]:
+    """axe-core's violations on the page as it is now, one line per element:
+    "rule (impact) selector: what to fix"."""
+    # page.evaluate goes through the DevTools protocol, which the page's CSP does not govern;
+    # add_script_tag would insert an inline <script> that script-src 'self' blocks (and logs).
+    if not page.evaluate("() => typeof window.axe === 'object'"):
+        page.evaluate(AXE.read_text(encoding="utf-8"))
+    lines = []
+    for violation in page.evaluate(_AXE_RUN, list(tags)):
+        for node in violation["nodes"]:
+            if node["impact"] in impacts:
+                target = " >>> ".join(map(str, node["target"]))  # nested lists cross shadow roots and frames
+                summary = " ".join(node["summary"].split())
+                lines.append(f"{violation['id']} ({node['impact']}) {target}: {summary}")
+    return lines

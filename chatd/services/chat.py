@@ -187,7 +187,7 @@ class Chat:
         name = rules.check_username(username)
         user = await self.store.user_by_name(name)
         if user is None:
-            raise NotFound(f"no user named {name}")
+            raise NotFound(f"no user named {name}", field="username")
         await self.store.add_member(room, user)
         self.live.member_added(room, user.id)
         log.info("event=member_added room=%s user=%s by=%s", room.slug, name, actor.username)

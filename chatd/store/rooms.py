@@ -21,7 +21,7 @@ class RoomsStore(StoreBase):
             with transaction(conn):
                 if conn.execute("SELECT 1 FROM rooms WHERE slug = ?", (slug,)).fetchone():
                     # The same words whoever holds the slug: a private room is never revealed.
-                    raise Conflict("that room address is already taken; choose another")
+                    raise Conflict("that room address is already taken; choose another", field="slug")
                 room_id = _next_room_id(conn)
                 conn.execute(
                     "INSERT INTO rooms (id, slug, name, kind, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?)",

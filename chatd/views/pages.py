@@ -65,6 +65,11 @@ def _page(request: web.Request, name: str, ctx: dict[str, Any], status: int = 20
     return request.app[RENDERER].page(name, ctx, status)
 
 
+def refusal(exc: ChatdError, fields: tuple[str, ...]) -> dict[str, str]:
+    """A refused form's `errors`: the sentence next to the field it concerns, or above the form."""
+    return {exc.field if exc.field in fields else "form": exc.message}
+
+
 # -- sign-in, sign-out, first-run setup ----------------------------------------------------------
 
 
@@ -95,8 +100,9 @@ async def login(request: web.Request) -> web.Response:
             form.get("username"), form.get("password"), client_ip(request)
         )
     except (Unauthorized, RateLimited) as exc:
-        ctx["error"] = exc.message
+        # Either field may be the wrong one, so the sentence stands above both and describes both.
         limited = isinstance(exc, RateLimited)
+        ctx.update(error=exc.message, wrong=not limited)
         response = _form_page(request, "login.html", ctx, status=429 if limited else 401)
         if isinstance(exc, RateLimited):
             response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
@@ -145,15 +151,13 @@ async def setup(request: web.Request) -> web.Response:
     accounts = _svc(request).accounts
     if not await accounts.setup_open(token):
         raise ChatdError("This setup link has been used or has expired. Sign in instead.", code="not_found", status=404)
-    if form.get("password") != form.get("password2"):
-        ctx = {"token": token, "username": str(form.get("username", ""))[:64],
-               "error": "the two passwords differ", "title": "Set up chatd"}
-        return _form_page(request, "setup.html", ctx, status=400)
     try:
+        if form.get("password") != form.get("password2"):
+            raise BadInput("the two passwords differ", field="password2")
         user = await accounts.complete_setup(token, form.get("username"), form.get("password"))
-    except BadInput as exc:
-        ctx = {"token": token, "username": str(form.get("username", ""))[:64], "error": exc.message,
-               "title": "Set up chatd"}
+    except BadInput as exc:  # the passwords are never sent back
+        ctx = {"token": token, "username": str(form.get("username", ""))[:64], "title": "Set up chatd",
+               "errors": refusal(exc, ("username", "password", "password2"))}
         return _form_page(request, "setup.html", ctx, status=400)
     await _svc(request).live.refresh_users()
     return await _signed_in(request, user, "/")
@@ -265,8 +269,8 @@ async def new_room(request: web.Request) -> web.Response:
     except ChatdError as exc:
         if exc.status not in (400, 409):
             raise
-        ctx = {"me": user, "csrf": credential.csrf, "error": exc.message, "title": "New room",
-               "slug": str(form.get("slug", ""))[:64], "name": str(form.get("name", ""))[:80],
+        ctx = {"me": user, "csrf": credential.csrf, "errors": refusal(exc, ("slug", "name")), "title": "New room",
+               "slug": str(form.get("slug", ""))[:200], "name": str(form.get("name", ""))[:200],
                "private": form.get("private") == "on"}
         return _page(request, "new_room.html", ctx, exc.status)
     raise web.HTTPSeeOther(f"/r/{room.slug}")
@@ -275,10 +279,15 @@ async def new_room(request: web.Request) -> web.Response:
 @routes.get("/r/{slug}/members")
 async def members_page(request: web.Request) -> web.Response:
     user, credential = await page_user(request)
+    return await _members(request, user, credential.csrf)
+
+
+async def _members(request: web.Request, user: User, csrf: str, ctx: dict[str, Any] | None = None,
+                   status: int = 200) -> web.Response:
     room, names = await _svc(request).chat.members(user, request.match_info["slug"])
-    ctx = {"me": user, "room": room, "members": names, "csrf": credential.csrf,
-           "title": f"Members of #{room.name}", "error": request.query.get("error", "")[:200]}
-    return _page(request, "members.html", ctx)
+    ctx = {"me": user, "room": room, "members": names, "csrf": csrf, "title": f"Members of #{room.name}",
+           **(ctx or {})}
+    return _page(request, "members.html", ctx, status)
 
 
 @routes.post("/r/{slug}/members")
@@ -299,10 +308,13 @@ async def members_change(request: web.Request) -> web.Response:
             raise web.HTTPSeeOther("/r/general")
         else:
             raise BadInput("unknown action")
-    except (BadInput, ChatdError) as exc:
+    except ChatdError as exc:
         if exc.status not in (400, 404, 409) or action == "leave":
             raise
-        raise web.HTTPSeeOther(f"/r/{slug}/members?error={quote(exc.message)}") from None
+        # A refused addition keeps the name typed, beside the field; a refused removal is told above.
+        fields = ("username",) if action == "add" else ()
+        ctx = {"errors": refusal(exc, fields), "username": name[:64] if action == "add" else ""}
+        return await _members(request, user, credential.csrf, ctx, exc.status)
     back = "/admin" if form.get("back") == "admin" and user.admin else f"/r/{slug}/members"
     raise web.HTTPSeeOther(back)
 

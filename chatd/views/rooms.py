@@ -68,8 +68,7 @@ async def delete_form(request: web.Request) -> web.Response:
     """The confirmation: what will go, and the slug to type."""
     user, credential = await page_user(request)
     room = _administered(request, user, request.match_info["slug"])
-    ctx = {"me": user, "csrf": credential.csrf, "room": room, "title": f"Delete #{room.name}",
-           "error": request.query.get("error", "")[:200]}
+    ctx = {"me": user, "csrf": credential.csrf, "room": room, "title": f"Delete #{room.name}"}
     return _page(request, "delete_room.html", ctx)
 
 
@@ -79,9 +78,12 @@ async def delete(request: web.Request) -> web.Response:
     form = await read_form(request)
     check_session_csrf(request, credential, form)
     room = _administered(request, user, request.match_info["slug"])
-    if str(form.get("confirm", "")).strip() != room.slug:
-        error = quote(f"type {room.slug} to confirm")
-        raise web.HTTPSeeOther(f"/admin/rooms/{room.slug}/delete?error={error}")
+    typed = str(form.get("confirm", "")).strip()
+    if typed != room.slug:
+        error = f"type {room.slug} to delete the room" + (f" (you typed {typed})" if typed else "")
+        ctx = {"me": user, "csrf": credential.csrf, "room": room, "title": f"Delete #{room.name}",
+               "confirm": typed[:200], "errors": {"confirm": error}}
+        return _page(request, "delete_room.html", ctx, 400)
     await request.app[SERVICES].chat.delete_room(user, room.slug)
     raise web.HTTPSeeOther(f"/admin?deleted={quote(room.slug)}")
 
