@@ -431,6 +431,7 @@ def test_console_stays_clean_on_every_page(site: Site) -> None:
     with alice.expect_navigation():
         alice.click("form[action='/rooms/new'] button[type=submit]")
     wait_online(alice)
+    alice.locator("#room-menu summary").click()
     alice.click("a[href='/r/secret/members']")
     alice.wait_for_url("**/r/secret/members")
 

@@ -61,8 +61,9 @@ function removeEntry(slug, here) {
 
 function frame(f) {
   if (f.unread && f.unread !== roomSlug) {
-    if (!badgeOf(f.unread) && (left.has(f.unread) || !f.html || !place(f.list, f.sort, f.html))) return;
-    setUnread(f.unread, (Number(badgeOf(f.unread).textContent) || 0) + 1);
+    if (!badgeOf(f.unread) && !left.has(f.unread) && f.html) place(f.list, f.sort, f.html);
+    const badge = badgeOf(f.unread);
+    if (badge) setUnread(f.unread, (Number(badge.textContent) || 0) + 1);
   }
   for (const counts of [f.unread_set, f.unread_all]) {
     if (counts) for (const [slug, n] of Object.entries(counts)) setUnread(slug, n);
@@ -93,7 +94,7 @@ function openDrawer() {
 function closeDrawer(focusMenu = true) {
   if (!isOpen()) return;
   sidebar.classList.remove("open");
-  sidebar.removeAttribute("role");
+  sidebar.setAttribute("role", "complementary");
   sidebar.removeAttribute("aria-modal");
   menu.setAttribute("aria-expanded", "false");
   main.inert = false;
@@ -134,6 +135,7 @@ export function init() {
     syncWidth();
   });
   menu.addEventListener("keydown", (e) => { if (e.key === " ") { e.preventDefault(); menu.click(); } });
+  document.querySelector(".skip")?.addEventListener("click", () => { closeDrawer(false); syncWidth(); });
   $("close-drawer").addEventListener("click", (e) => { e.preventDefault(); closeDrawer(); syncWidth(); });
   scrim.addEventListener("click", () => { closeDrawer(); syncWidth(); });
   document.addEventListener("keydown", (e) => {
