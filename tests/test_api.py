@@ -63,6 +63,11 @@ async def test_history_paging(chat: Chat) -> None:
     assert await page("limit=3") == ids[-3:]
     assert await page(f"before={ids[3]}&limit=2") == ids[1:3]
     assert await page(f"after={ids[3]}&limit=2") == ids[4:6]
+    # Both: strictly between them, the lowest first (issue 14, point 6).
+    assert await page(f"after={ids[1]}&before={ids[5]}") == ids[2:5]
+    assert await page(f"after={ids[1]}&before={ids[5]}&limit=2") == ids[2:4]
+    assert await page(f"after={ids[3]}&before={ids[4]}") == []
+    assert await page(f"after={ids[5]}&before={ids[1]}") == []
     assert await page("") == ids
     for bad in ("limit=abc", "before=x", "after=-1", "limit=0"):
         resp = await chat.client.get(f"/api/v1/rooms/general/messages?{bad}", headers=headers)

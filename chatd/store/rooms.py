@@ -331,10 +331,10 @@ class RoomsStore(StoreBase):
 
         def op(conn: sqlite3.Connection) -> list[Message]:
             # Ids come from the (room_id, id) index alone; rows only for messages not cached.
-            if after is not None:
+            if after is not None:  # with before too: the lowest ids strictly between the two
                 ids = [r[0] for r in conn.execute(
-                    "SELECT id FROM messages WHERE room_id = ? AND id > ? ORDER BY id LIMIT ?",
-                    (room.id, after, limit))]
+                    "SELECT id FROM messages WHERE room_id = ? AND id > ? AND id < ? ORDER BY id LIMIT ?",
+                    (room.id, after, before if before is not None else (1 << 62), limit))]
             elif before is None and limit <= LATEST_KEPT:
                 ids = self.latest_ids(conn, room.id)[-limit:]
             else:
