@@ -57,9 +57,8 @@ class HtmlRenderer:
                 self._cache.popitem(last=False)
         return html
 
-    def older_html(self, room: Room, messages: list[Message], more: bool, viewer: User) -> Markup:
+    def older_html(self, room: Room, messages: list[Message], more: bool, peer: str | None) -> Markup:
         """What goes above a page of messages: where the page before it loads from, or the start."""
-        peer = rules.dm_peer(room.slug, viewer.username) if room.kind == "dm" else None
         return Markup(fragments.older_html(room, more, messages[0].id if messages else None, peer))
 
     def messages_html(self, messages: list[Message], viewer: User) -> Markup:

@@ -29,9 +29,10 @@ AXE = Path(__file__).resolve().parent / "vendor" / "axe-core-4.14.1.min.js"
 AXE_TAGS = ("wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice")
 
 
-def launch(playwright: Any) -> Any:
+def launch(playwright: Any, *extra_args: str) -> Any:
     """Debian's Chromium, headless (Playwright's own browser download is not used)."""
-    return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                      args=[*CHROMIUM_ARGS, *extra_args])
 
 
 class Watch:

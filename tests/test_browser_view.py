@@ -19,8 +19,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from test_browser import MESSAGES, Site, ids_on, make_site  # noqa: F401  (fixtures)
+from test_browser_rooms import sidebar_rooms
 
-from browser_helpers import CHROMIUM, CHROMIUM_ARGS, message_id, send, sign_in, wait_online, wait_until
+from browser_helpers import launch, message_id, send, sign_in, wait_online, wait_until
 from conftest import PASSWORD, run_cli
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
@@ -33,8 +34,7 @@ FAST = {"CHATD_MESSAGES_PER_SECOND": "1000", "CHATD_MESSAGE_BURST": "1000"}
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                              args=[*CHROMIUM_ARGS, "--disable-smooth-scrolling"])
+        chromium = launch(playwright, "--disable-smooth-scrolling")
         yield chromium
         chromium.close()
 
@@ -452,10 +452,6 @@ def test_notices_replace_each_other_instead_of_stacking(make_site) -> None:  # n
 
 
 # -- 6. the live sidebar ---------------------------------------------------------------------------------
-
-def sidebar_rooms(page: Any) -> list[str]:
-    return page.eval_on_selector_all("#room-list a", "els => els.map(a => a.getAttribute('href'))")
-
 
 def test_the_sidebar_follows_rooms_created_joined_left_and_added_in_sorted_place(site: Site) -> None:
     alice = site.api("alice")

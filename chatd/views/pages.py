@@ -247,7 +247,7 @@ async def history(request: web.Request) -> web.Response:
     room, messages = await _svc(request).chat.history(
         user, request.match_info["slug"], before=request.query.get("before"), limit=page
     )
-    ctx = {"me": user, "room": room, "messages": messages, "more": len(messages) == page}
+    ctx = {"me": user, "room": room, "messages": messages, "more": len(messages) == page, "peer": _peer(room, user)}
     return _page(request, "_history.html", ctx)
 
 

@@ -3,7 +3,7 @@
 // the date in the reader's locale), and a run of messages by one author within a few minutes
 // drawn under one header. Runs over the messages just added, whether a page, an older page or
 // one live message; the server's markup stays as it is apart from a class and a separator.
-import { messages, on } from "./page.js";
+import { earlier, log, messages, on } from "./page.js";
 
 const GROUP_MS = 5 * 60 * 1000;
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
@@ -47,7 +47,7 @@ function previousMessage(msg) {
   let el = msg.previousElementSibling;
   while (el && !el.classList.contains("msg")) el = el.previousElementSibling;
   if (el || msg.parentElement.id !== "log") return el;
-  const older = document.querySelectorAll("#earlier .msg");
+  const older = earlier.querySelectorAll(".msg");
   return older.length ? older[older.length - 1] : null;
 }
 
@@ -55,7 +55,7 @@ function nextMessage(msg) {
   let el = msg.nextElementSibling;
   while (el && !el.classList.contains("msg")) el = el.nextElementSibling;
   if (el || msg.parentElement.id === "log") return el;
-  return document.querySelector("#log .msg");
+  return log.querySelector(".msg");
 }
 
 /** What sits directly above a message, not counting the unread line. */

@@ -5,7 +5,6 @@
 export const body = document.body;
 export const me = body.dataset.me;
 export const roomSlug = body.dataset.room;
-export const roomKind = body.dataset.kind;
 export const $ = (id) => document.getElementById(id);
 export const scroller = $("scroller");
 export const messages = $("messages");  // #earlier (older pages) then #log (the live list)
@@ -22,12 +21,9 @@ export function emit(name, detail = {}) { bus.dispatchEvent(new CustomEvent(name
 export function on(name, fn) { bus.addEventListener(name, (e) => fn(e.detail)); }
 
 // -- messages ---------------------------------------------------------------------------------
-export const allMessages = () => messages.querySelectorAll(".msg[data-id]");
-export function lastId() {
-  const all = log.querySelectorAll(".msg[data-id]");
-  if (all.length) return Number(all[all.length - 1].dataset.id);
-  const old = earlier.querySelectorAll(".msg[data-id]");
-  return old.length ? Number(old[old.length - 1].dataset.id) : 0;
+export function lastId() {  // older pages come first in the page, so the last one is the newest
+  const all = messages.querySelectorAll(".msg[data-id]");
+  return all.length ? Number(all[all.length - 1].dataset.id) : 0;
 }
 export const newId = () => (crypto.randomUUID ? crypto.randomUUID() :
   Date.now().toString(36) + Math.random().toString(36).slice(2));

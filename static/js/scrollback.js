@@ -40,7 +40,6 @@ async function load(marker) {
   arrange(nodes);
   if (before) scroller.scrollTop += before.el.getBoundingClientRect().top - before.top;
   emit("messages", { nodes, live: false });
-  emit("older-loaded", { count: nodes.length });
   loading = false;
   const next = $("older");
   if (next) observer.observe(next);

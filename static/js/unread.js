@@ -1,7 +1,7 @@
 // Unread in the room on screen: a "New messages" line above the first unread message when
 // the room opens (scrolled so it shows), a "N new messages" pill while messages arrive
 // below the screen, and read marks that move only as messages actually come on screen.
-import { $, body, log, me, messages, on, scroller, view } from "./page.js";
+import { $, log, me, messages, on, scroller, view } from "./page.js";
 
 const readmark = $("readmark");
 const pill = $("new-pill");
@@ -114,6 +114,5 @@ export function init() {
   document.addEventListener("visibilitychange", update);
   window.addEventListener("resize", schedule);
   pill.addEventListener("click", () => { view.toEnd(); update(); });
-  body.addEventListener("chatd:composed", () => view.toEnd());
   update();
 }
