@@ -30,6 +30,10 @@ class Access:
         """May this user post in this room now (it is readable and not archived)?"""
         return room_id not in self.archived and self.may_read(user_id, room_id)
 
+    def readable_by(self, user_id: int) -> list[int]:
+        """Every room this user may read now (searches are narrowed to these)."""
+        return [*self.public, *(rid for rid, members in self.closed.items() if user_id in members)]
+
     def members(self, room_id: int) -> set[int] | None:
         """A closed room's members (do not change the set); None for a public room."""
         return self.closed.get(room_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -9,7 +10,7 @@ from aiohttp import web
 from chatd.auth import api_user, identify, origin_ok, read_json
 from chatd.errors import BadInput, Forbidden, Unauthorized
 from chatd.hub import Conn
-from chatd.models import User
+from chatd.models import Message, User
 from chatd.services import Services, parse_int
 from chatd.sockets import open_socket, run_socket
 from chatd.state import SERVICES
@@ -51,7 +52,7 @@ async def get_messages(request: web.Request) -> web.Response:
     q = request.query
     services = _svc(request)
     _, messages = await services.chat.history(
-        user, request.match_info["slug"], q.get("before"), q.get("after"), q.get("limit")
+        user, request.match_info["slug"], q.get("before"), q.get("after"), q.get("limit"), q.get("around")
     )
     return web.Response(text=f'{{"messages":{services.live.messages_json(messages)}}}',
                         content_type="application/json")
@@ -122,6 +123,69 @@ async def mark_read(request: web.Request) -> web.Response:
     data = await read_json(request)
     await _svc(request).chat.mark_read(user, request.match_info["slug"], data.get("message_id"))
     return web.Response(status=204)
+
+
+# -- one message: read, edit, delete, react ---------------------------------------------
+
+
+def _message_response(services: Services, message: Message) -> web.Response:
+    return web.Response(text=f'{{"message":{services.live.message_json(message)}}}',
+                        content_type="application/json")
+
+
+@routes.get("/api/v1/messages/{id}")
+async def get_message(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    services = _svc(request)
+    _, message = services.chat.message_for(user, request.match_info["id"])
+    return _message_response(services, message)
+
+
+@routes.patch("/api/v1/messages/{id}")
+async def edit_message(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    data = await read_json(request)
+    services = _svc(request)
+    if "body" not in data:
+        raise BadInput("body is required", field="body")
+    message = await services.chat.edit_message(user, request.match_info["id"], data["body"])
+    return _message_response(services, message)
+
+
+@routes.delete("/api/v1/messages/{id}")
+async def delete_message(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    await _svc(request).chat.delete_message(user, request.match_info["id"])
+    return web.Response(status=204)
+
+
+@routes.post("/api/v1/messages/{id}/reactions")
+async def add_reaction(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    data = await read_json(request)
+    services = _svc(request)
+    message = await services.chat.react(user, request.match_info["id"], data.get("emoji"), add=True)
+    return _message_response(services, message)
+
+
+@routes.delete("/api/v1/messages/{id}/reactions/{emoji}")
+async def remove_reaction(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    services = _svc(request)
+    message = await services.chat.react(user, request.match_info["id"], request.match_info["emoji"], add=False)
+    return _message_response(services, message)
+
+
+@routes.get("/api/v1/search")
+async def search(request: web.Request) -> web.Response:
+    user = await api_user(request)
+    q = request.query
+    services = _svc(request)
+    found = await services.chat.search(user, q.get("q"), q.get("room"), q.get("before"), q.get("limit"))
+    results = ",".join(
+        f'{{"message":{services.live.message_json(m)},"snippet":{json.dumps(snippet, ensure_ascii=False)}}}'
+        for m, snippet in found)
+    return web.Response(text=f'{{"results":[{results}]}}', content_type="application/json")
 
 
 # -- the event stream -------------------------------------------------------------------

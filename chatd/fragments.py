@@ -14,18 +14,12 @@ from collections.abc import Iterable
 
 from markupsafe import Markup
 
-from chatd.models import Message, Room, RoomState, User, rfc3339
-
-
-def variant_for(message: Message, user: User) -> str:
-    """mine, mention (the viewer is @mentioned) or other."""
-    return variants([message], user)[0]
+from chatd.models import Message, Room, RoomState, User, rfc3339, variant
 
 
 def variants(messages: list[Message], user: User) -> list[str]:
-    """variant_for of each message, for one viewer: a page of them in one call."""
-    uid, mark = user.id, f'data-mention="{user.username}"'  # as rules.render_body marks a mention
-    return ["mine" if m.author_id == uid else "mention" if mark in m.html else "other" for m in messages]
+    """models.variant of each message, for one viewer: a page of them in one call."""
+    return [variant(m, user) for m in messages]
 
 
 def message_html(m: Message, variant: str) -> str:
@@ -43,9 +37,32 @@ def message_html(m: Message, variant: str) -> str:
         f'<article class="msg {variant}" id="message-{m.id}" data-author="{author}" data-id="{m.id}"{client}'
         f' aria-labelledby="message-{m.id}">{avatar_html(author)}'
         f'<header><a class="author" href="/dm/{author}">{author}</a> '
-        f'<time datetime="{stamp}">{stamp[:10]} {stamp[11:16]} UTC</time></header>'
-        f'<div class="body">{m.html}</div></article>'
+        f'<time datetime="{stamp}">{stamp[:10]} {stamp[11:16]} UTC</time>{edited_html(m)}</header>'
+        f'<div class="body">{m.html}</div>{reactions_html(m)}</article>'
     )
+
+
+def edited_html(m: Message) -> str:
+    if m.edited_at is None:
+        return ""
+    return f' <span class="edited" title="edited {rfc3339(m.edited_at)}">(edited)</span>'
+
+
+def reactions_html(m: Message) -> str:
+    """A message's reactions: a button each, with who reacted (the page's script marks the
+    viewer's own as pressed and sends a click as a toggle: one fragment serves every viewer)."""
+    if not m.reactions:
+        return ""
+    parts = []
+    for emoji, users in m.reactions:
+        e, names = html.escape(emoji), " ".join(users)
+        who = ", ".join(users)
+        parts.append(
+            f'<button type="button" class="reaction" data-emoji="{e}" data-users="{names}"'
+            f' title="{html.escape(who)}" aria-label="{e}: {len(users)}, {html.escape(who)}">'
+            f'<span class="e">{e}</span> <span class="n">{len(users)}</span></button>')
+    return f'<div class="reactions" role="group" aria-label="Reactions">{"".join(parts)}</div>'
+
 
 
 @functools.lru_cache(maxsize=4096)
@@ -65,6 +82,18 @@ def older_html(room: Room, more: bool, first_id: int | None, peer: str | None) -
         return f'<p class="older start" role="note">This is the start of {where}.</p>'
     return (f'<div id="older" class="older" data-href="/r/{room.slug}/history?before={first_id}">'
             '<span>Loading older messages&hellip;</span></div>')
+
+
+def later_html(room: Room, last_id: int) -> str:
+    """Below a page that stops short of the newest messages (a permalink's, far back): where the
+    newer page loads from (the script fetches it when this comes near the screen)."""
+    return (f'<div id="later" class="later" data-href="/r/{room.slug}/history?after={last_id}">'
+            f'<a href="/r/{room.slug}">Jump to the newest messages</a></div>')
+
+
+def mark_current(fragment: str) -> str:
+    """The message a permalink points at: aria-current, and a class to show it."""
+    return fragment.replace('<article class="msg ', '<article aria-current="true" class="msg current ', 1)
 
 
 def room_items_html(states: Iterable[RoomState], current_id: int | None) -> Markup:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from aiohttp import WSMsgType, web
 
 from chatd.access import Access
-from chatd.models import Credential, User
+from chatd.models import Change, Credential, User, variant
 
 log = logging.getLogger("chatd.hub")
 CLOSE_GRACE = 3.0  # seconds a client has to answer the server's close frame
@@ -72,31 +72,34 @@ class Conn:
         return not (self.dropped or self.closing or self.ws.closed or self.transport.is_closing())
 
 
+class Encoder(Protocol):
+    """Builds the wire forms of a change (chatd.services.live.Live): the hub carries changes
+    as plain data and asks this for bytes, once per form."""
+
+    def encode(self, change: Change, form: str) -> bytes: ...
+
+
 class Envelope:
-    """One committed message, with each wire form built at most once, on demand."""
+    """One committed change, with each wire form built at most once, on demand."""
 
-    __slots__ = ("message_id", "room_id", "author_id", "mentioned", "_build", "_cache")
+    __slots__ = ("change", "message", "message_id", "room_id", "author_id", "kind", "_encoder", "_cache")
 
-    def __init__(
-        self,
-        message_id: int,
-        room_id: int,
-        author_id: int,
-        mentioned: frozenset[int],
-        build: Callable[[str], bytes],
-    ) -> None:
-        self.message_id = message_id
-        self.room_id = room_id
-        self.author_id = author_id
-        self.mentioned = mentioned
-        self._build = build
+    def __init__(self, change: Change, encoder: Encoder) -> None:
+        self.change = change
+        self.message_id = change.id  # the change log's id: replays hold and release by it
+        self.room_id = change.room_id
+        self.author_id = change.author_id
+        self.kind = change.kind
+        self.message = change.message
+        self._encoder = encoder
         self._cache: dict[str, bytes] = {}
 
     def frame(self, form: str) -> bytes:
-        """form: stream, mine, other, mention, unread, unread-mention."""
+        """form: stream; for a new message mine, other, mention, unread, unread-mention; for an
+        update mine, other, mention; for a deletion deleted."""
         data = self._cache.get(form)
         if data is None:
-            data = self._cache[form] = text_frame(self._build(form))
+            data = self._cache[form] = text_frame(self._encoder.encode(self.change, form))
         return data
 
 
@@ -135,6 +138,7 @@ class Hub:
         self.viewers: dict[int, set[Conn]] = {}
         self.streams: set[Conn] = set()
         self.usernames: dict[int, str] = {}
+        self.encoder: Encoder | None = None
 
     # -- routing, by the access table ---------------------------------------
 
@@ -203,10 +207,13 @@ class Hub:
 
     # -- delivery -----------------------------------------------------------
 
-    def publish(self, envelopes: list[Envelope]) -> None:
-        """Deliver committed messages, in id order, to everyone who may read them.
+    def publish(self, changes: list[Change]) -> None:
+        """Deliver committed changes, in id order, to everyone who may read their room.
 
-        A batch of several messages goes to each socket as one write."""
+        A batch of several goes to each socket as one write."""
+        encoder = self.encoder
+        assert encoder is not None, "the hub publishes once an encoder is set (Live sets itself)"
+        envelopes = [Envelope(change, encoder) for change in changes]
         if len(envelopes) == 1:
             env = envelopes[0]
             stream = None  # the same bytes for every event-stream socket, looked up once
@@ -236,15 +243,19 @@ class Hub:
             self.write(conn, frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
 
     def _frame_for(self, env: Envelope, conn: Conn) -> bytes | None:
-        """Which form of the message this socket gets, or None."""
+        """Which form of the change this socket gets, or None."""
         if conn.kind == "stream":
             return env.frame("stream")
         uid = conn.user.id
         if conn.room_id == env.room_id:
-            return env.frame("mine" if uid == env.author_id else "mention" if uid in env.mentioned else "other")
+            if env.message is None:
+                return env.frame("deleted")
+            return env.frame(variant(env.message, conn.user))
+        if env.kind != "message" or env.message is None:  # changes elsewhere: Live recounts unread
+            return None
         if uid == env.author_id:
             return None  # one's own message in a room one is not looking at changes nothing
-        return env.frame("unread-mention" if uid in env.mentioned else "unread")
+        return env.frame("unread-mention" if conn.user.username in env.message.mentions else "unread")
 
     def send_to(self, conns: Iterable[Conn], data: bytes) -> None:
         """Send one ready frame to each of these sockets (presence, typing, unread)."""

@@ -78,17 +78,56 @@ class Message(NamedTuple):
     html: str
     created_at: float
     client_id: str | None = None
+    # Usernames the body @mentions, as rendering found them (rules.render_body).
+    mentions: tuple[str, ...] = ()
+    edited_at: float | None = None  # the last edit of its body
+    # (emoji, usernames in the order they reacted), in order of first use.
+    reactions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # The id of the last change to this message (the change log's, see store/changes.py):
+    # its id until it changes. Caches of anything built from a message key on (id, rev).
+    rev: int = 0
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.id, self.rev)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "room": self.room,
             "author": self.author,
+            "author_name": self.author,
             "body": self.body,
             "html": self.html,
             "created_at": rfc3339(self.created_at),
             "client_id": self.client_id,
+            "edited_at": None if self.edited_at is None else rfc3339(self.edited_at),
+            "mentions": list(self.mentions),
+            "reactions": [{"emoji": e, "users": list(u)} for e, u in self.reactions],
+            "attachments": [],
         }
+
+
+def variant(message: Message, viewer: User) -> str:
+    """How a message shows to a viewer: mine, mention (it @mentions them) or other. The one
+    rule, for pages, live delivery and replays alike."""
+    if message.author_id == viewer.id:
+        return "mine"
+    return "mention" if viewer.username in message.mentions else "other"
+
+
+class Change(NamedTuple):
+    """One change to a conversation, as the change log stores and the hub carries it: plain
+    data, no references into this process. kind "message" (new; id is the message's),
+    "updated" (an edit or a change of reactions; `message` as it is now) or "deleted"."""
+
+    id: int
+    kind: Literal["message", "updated", "deleted"]
+    room_id: int
+    message_id: int
+    author_id: int  # the message's author
+    message: Message | None  # None for "deleted"
+    seq: int = 0  # for "deleted": the position the message had in its room (unread counts)
 
 
 class Credential(NamedTuple):

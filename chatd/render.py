@@ -28,6 +28,8 @@ class HtmlRenderer:
         )
         self.env.globals["online_html"] = fragments.online_html
         self.env.globals["older_html"] = self.older_html
+        self.env.globals["later_html"] = lambda room, messages: Markup(
+            fragments.later_html(room, messages[-1].id if messages else 0))
         self.env.globals["avatar_html"] = lambda name: Markup(fragments.avatar_html(name))
         self.env.globals["messages_html"] = self.messages_html
         # What the forms accept, in the words and limits the server checks them with.
@@ -35,7 +37,8 @@ class HtmlRenderer:
             "USERNAME_RULE", "SLUG_RULE", "PASSWORD_RULE", "ROOM_NAME_RULE",
             "MAX_USERNAME", "MAX_SLUG", "MAX_ROOM_NAME", "MIN_PASSWORD")})
         self._templates: dict[str, jinja2.Template] = {}
-        self._cache: OrderedDict[tuple[int, str], str] = OrderedDict()
+        # (id, rev, variant): a changed message has a new rev, so an old entry is never hit again.
+        self._cache: OrderedDict[tuple[int, int, str], str] = OrderedDict()
         # (user id, room id) -> (store epoch, room list HTML, DM list HTML)
         self.sidebars: dict[tuple[int, int], tuple[int, Markup, Markup]] = {}
 
@@ -49,7 +52,7 @@ class HtmlRenderer:
         return web.Response(text=template.render(ctx), content_type="text/html", status=status)
 
     def message_fragment(self, message: Message, variant: str) -> str:
-        key = (message.id, variant)
+        key = (message.id, message.rev, variant)
         html = self._cache.get(key)
         if html is None:
             html = self._cache[key] = fragments.message_html(message, variant)
@@ -61,15 +64,18 @@ class HtmlRenderer:
         """What goes above a page of messages: where the page before it loads from, or the start."""
         return Markup(fragments.older_html(room, more, messages[0].id if messages else None, peer))
 
-    def messages_html(self, messages: list[Message], viewer: User) -> Markup:
+    def messages_html(self, messages: list[Message], viewer: User, current: int | None = None) -> Markup:
         """A page of messages as this viewer sees them: the room page's and the history
         partial's. One join, and the cache read inline: a call per message, or a copy of the
-        page's HTML, was a measurable share of a room page (docs/performance.md)."""
+        page's HTML, was a measurable share of a room page (docs/performance.md). `current`:
+        the message a permalink points at, marked aria-current."""
         cache, shown = self._cache, zip(messages, fragments.variants(messages, viewer), strict=True)
-        return Markup("\n".join([cache.get((m.id, v)) or self.message_fragment(m, v) for m, v in shown]))
-
-    def variant_for(self, message: Message, user: User) -> str:
-        return fragments.variant_for(message, user)
+        parts = [cache.get((m.id, m.rev, v)) or self.message_fragment(m, v) for m, v in shown]
+        if current is not None:
+            for i, m in enumerate(messages):
+                if m.id == current:
+                    parts[i] = fragments.mark_current(parts[i])
+        return Markup("\n".join(parts))
 
     def online_fragment(self, names: list[str]) -> str:
         return fragments.online_html(names, oob=True, shown=ONLINE_SHOWN)

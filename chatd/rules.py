@@ -130,15 +130,15 @@ def check_body(body: object) -> str:
 @dataclass(frozen=True, slots=True)
 class Rendered:
     html: str
-    mentions: frozenset[str]
+    mentions: tuple[str, ...]  # usernames @mentioned, in the order they first appear
 
 
 def render_body(body: str, is_user: Callable[[str], bool]) -> Rendered:
     """Escape a body, link URLs and @mentions of real users, keep line breaks."""
     if "://" not in body and "@" not in body:  # most messages: nothing to link, 10x quicker
-        return Rendered(_escape(body).replace("\n", "<br>"), frozenset())
+        return Rendered(_escape(body).replace("\n", "<br>"), ())
     parts: list[str] = []
-    mentions: set[str] = set()
+    mentions: dict[str, None] = {}  # ordered, without repeats
     pos = 0
     for match in _URL_RE.finditer(body):
         url = _trim_url(match.group(0))
@@ -150,7 +150,7 @@ def render_body(body: str, is_user: Callable[[str], bool]) -> Rendered:
         parts.append(f'<a href="{href}" rel="noopener nofollow" target="_blank">{href}</a>')
         pos = start + len(url)
     parts.append(_render_text(body[pos:], is_user, mentions))
-    return Rendered("".join(parts).replace("\n", "<br>"), frozenset(mentions))
+    return Rendered("".join(parts).replace("\n", "<br>"), tuple(mentions))
 
 
 def _trim_url(url: str) -> str:
@@ -162,7 +162,7 @@ def _trim_url(url: str) -> str:
     return url if url.partition("://")[2] else ""
 
 
-def _render_text(text: str, is_user: Callable[[str], bool], mentions: set[str]) -> str:
+def _render_text(text: str, is_user: Callable[[str], bool], mentions: dict[str, None]) -> str:
     out: list[str] = []
     pos = 0
     for match in _MENTION_RE.finditer(text):
@@ -174,7 +174,7 @@ def _render_text(text: str, is_user: Callable[[str], bool], mentions: set[str]) 
             continue
         start, end = match.start(), match.start() + 1 + len(name)
         out.append(_escape(text[pos:start]))
-        mentions.add(name)
+        mentions[name] = None
         out.append(
             f'<a class="mention" href="/dm/{name}" data-mention="{name}">@{html.escape(name)}</a>'
         )
@@ -214,3 +214,95 @@ def check_administrable(slug: str, kind: str) -> None:
         raise NotFound("no such room")
     if slug == "general":
         raise BadInput("the room general is where everyone starts; it cannot be archived or deleted")
+
+
+# -- reactions ------------------------------------------------------------------------------
+
+MAX_EMOJI = 16  # code points
+
+
+def check_emoji(emoji: object) -> str:
+    """A reaction: 1 to 16 code points of any text, not blank (as Campfire's boosts)."""
+    if not isinstance(emoji, str) or has_surrogates(emoji):
+        raise BadInput("emoji must be text", field="emoji")
+    emoji = _CONTROL_RE.sub("", emoji).strip()
+    if not emoji or is_blank(emoji):
+        raise BadInput("emoji must not be empty", field="emoji")
+    if len(emoji) > MAX_EMOJI:
+        raise BadInput(f"emoji is at most {MAX_EMOJI} characters", field="emoji")
+    return emoji
+
+
+# -- search -----------------------------------------------------------------------------------
+
+# Scripts written without spaces between words: Thai, Lao, Myanmar, Khmer, kana, CJK
+# ideographs (with extension A and the compatibility block) and fullwidth forms. Their text is
+# searched by substrings of 3 or more characters (the trigram index, store migration 6).
+UNSPACED_CLASS = (
+    "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff"
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+)
+UNSPACED = re.compile(f"[{UNSPACED_CLASS}]")
+MAX_QUERY = 500
+_TERM = re.compile(r'"([^"]*)"?|(\S+)')
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """A search as FTS5 expressions, built from text only (nothing the user typed is ever
+    syntax: every word goes in double quotes). words: for the unicode61 index (None when the
+    query has no such words); grams: for the trigram index (None when it has no unspaced text).
+    A message matches when it matches both that are given; neither given (a query of only
+    punctuation) matches nothing."""
+
+    words: str | None
+    grams: str | None
+    terms: tuple[str, ...]  # what was searched for, for the results page
+
+
+def parse_query(q: object) -> SearchQuery:
+    """Every word must match, in any order; the last word as a prefix too; "quoted words" as a
+    phrase; runs of unspaced script by substrings (3 characters at least)."""
+    if not isinstance(q, str) or has_surrogates(q):
+        raise BadInput("q must be text", field="q")
+    q = _CONTROL_RE.sub(" ", q)
+    if is_blank(q):
+        raise BadInput("type something to search for", field="q")
+    if len(q) > MAX_QUERY:
+        raise BadInput(f"a search is at most {MAX_QUERY} characters", field="q")
+    words: list[str] = []  # FTS5 phrases for the words index
+    grams: list[str] = []
+    terms: list[str] = []
+    found = list(_TERM.finditer(q))
+    for i, match in enumerate(found):
+        quoted = match.group(1) is not None
+        text = match.group(1) if quoted else match.group(2)
+        last = i == len(found) - 1 and not quoted
+        tokens = _WORD.findall(text)
+        spaced = [t for t in tokens if not UNSPACED.search(t)]
+        for t in tokens:
+            if UNSPACED.search(t):
+                for run in re.findall(f"[{UNSPACED_CLASS}]+", t):
+                    if len(run) >= 3:
+                        grams.append(_quote(run))
+                        terms.append(run)
+                    else:  # too short for trigrams: found as a word prefix instead
+                        words.append(_quote(run) + "*")
+                        terms.append(run)
+                rest = re.sub(f"[{UNSPACED_CLASS}]+", " ", t).split()
+                spaced.extend(rest)
+        if not spaced:
+            continue
+        terms.extend(spaced)
+        if quoted and len(spaced) > 1:
+            words.append(" + ".join(_quote(t) for t in spaced))
+        else:
+            for j, t in enumerate(spaced):
+                prefix = last and j == len(spaced) - 1
+                words.append(_quote(t) + ("*" if prefix else ""))
+    return SearchQuery(" AND ".join(words) or None, " AND ".join(grams) or None, tuple(dict.fromkeys(terms)))
+
+
+def _quote(token: str) -> str:
+    return '"' + token.replace('"', '""') + '"'

@@ -17,6 +17,8 @@ from chatd.store import Store
 
 log = logging.getLogger("chatd.chat")
 MAX_LIMIT = 200
+SEARCH_LIMIT = 20
+MAX_SEARCH = 100
 READ_MARK_INTERVAL = 0.2  # seconds between two transactions of read marks
 
 
@@ -254,7 +256,7 @@ class Chat:
         else:
             def allowed() -> bool:
                 return conn.open and may_write(uid, rid)
-        return await writer.submit(room, user, text, rendered.html, cid, allowed)
+        return await writer.submit(room, user, text, rendered.html, cid, allowed, rendered.mentions)
 
     def _check_writable(self, user: User, room: Room) -> None:
         if not self.access.may_write(user.id, room.id):
@@ -264,13 +266,103 @@ class Chat:
 
     async def history(
         self, user: User, slug: object, before: object = None, after: object = None,
-        limit: object = None,
+        limit: object = None, around: object = None,
     ) -> tuple[Room, list[Message]]:
         room = await self.room_for(user, slug)
-        n = parse_int(limit, "limit", default=50, low=1)
+        n = min(parse_int(limit, "limit", default=50, low=1) or 50, MAX_LIMIT)
         b = parse_int(before, "before", default=None, low=0)
         a = parse_int(after, "after", default=None, low=0)
-        return room, await self.store.messages(room, before=b, after=a, limit=min(n, MAX_LIMIT))
+        c = parse_int(around, "around", default=None, low=0)
+        if c is not None:
+            message = self.store.message(c)
+            if message is None or message.room_id != room.id:
+                raise NotFound("no such message")
+            return room, await self.store.messages_around(room, c, n)
+        return room, await self.store.messages(room, before=b, after=a, limit=n)
+
+    # -- changes to messages ------------------------------------------------------
+
+    def message_for(self, user: User, message_id: object) -> tuple[Room, Message]:
+        """The only way to a stored message: NotFound unless this user may read its room now
+        (a deleted message, or one of a room they cannot read, is the same 404)."""
+        mid = parse_int(message_id, "message id", default=None, low=0)
+        if mid is None:
+            raise NotFound("no such message")
+        self.live.ensure_current()
+        message = self.store.message(mid)
+        room = self.store.rooms.get(message.room_id) if message is not None else None
+        if message is None or room is None or not self.access.may_read(user.id, room.id):
+            raise NotFound("no such message")
+        return room, message
+
+    async def edit_message(self, user: User, message_id: object, body: object, conn: Conn | None = None) -> Message:
+        room, message = self.message_for(user, message_id)
+        if message.author_id != user.id:
+            raise Forbidden("only its author can edit a message")
+        if room.archived:
+            raise Forbidden("this room is archived; its messages can no longer change")
+        text = rules.check_body(body)
+        rendered = rules.render_body(text, self.live.is_user)
+        _, now = await self._change("edit", user, room, message, conn, body=text, html=rendered.html,
+                                    mentions=rendered.mentions)
+        assert now is not None
+        log.info("event=message_edited id=%d room=%s by=%s", message.id, room.slug, user.username)
+        return now
+
+    async def delete_message(self, user: User, message_id: object, conn: Conn | None = None) -> None:
+        room, message = self.message_for(user, message_id)
+        if message.author_id != user.id and not user.admin:
+            raise Forbidden("only its author or an administrator can delete a message")
+        await self._change("delete", user, room, message, conn)
+        log.info("event=message_deleted id=%d room=%s by=%s", message.id, room.slug, user.username)
+
+    async def react(self, user: User, message_id: object, emoji: object, add: bool,
+                    conn: Conn | None = None) -> Message:
+        """Add the caller's reaction (again: nothing changes) or take it back."""
+        room, message = self.message_for(user, message_id)
+        text = rules.check_emoji(emoji)
+        if room.archived:
+            raise Forbidden("this room is archived; its messages can no longer change")
+        wait = self.flood.take(user.id)
+        if wait:
+            raise RateLimited("you are reacting too fast; slow down", wait)
+        _, now = await self._change("react" if add else "unreact", user, room, message, conn, emoji=text)
+        assert now is not None
+        return now
+
+    async def _change(self, kind: str, user: User, room: Room, message: Message, conn: Conn | None,
+                      **values: object) -> tuple[object, Message | None]:
+        writer = self.store.messages_writer
+        if writer is None:
+            raise StorageUnavailable("the server is not accepting changes")
+        may_read, uid, rid = self.access.may_read, user.id, room.id
+        if conn is None:
+            def allowed() -> bool:
+                return may_read(uid, rid)
+        else:
+            def allowed() -> bool:
+                return conn.open and may_read(uid, rid)
+        return await writer.change(kind, message, user, allowed, **values)  # type: ignore[arg-type]
+
+    # -- search -------------------------------------------------------------------------
+
+    async def search(self, user: User, q: object, slug: object = None, before: object = None,
+                     limit: object = None) -> list[tuple[Message, str]]:
+        """Messages matching `q`, newest first, only from rooms the user may read now, each with
+        a snippet (escaped text, hits in <mark>)."""
+        query = rules.parse_query(q)
+        n = min(parse_int(limit, "limit", default=SEARCH_LIMIT, low=1) or SEARCH_LIMIT, MAX_SEARCH)
+        b = parse_int(before, "before", default=None, low=0)
+        if slug not in (None, ""):
+            rooms = [(await self.room_for(user, slug)).id]
+        else:
+            self.live.ensure_current()
+            rooms = self.access.readable_by(user.id)
+        if query.words is None and query.grams is None:
+            return []
+        found = await self.store.search(query, rooms, b, n)
+        may_read = self.access.may_read  # again: access may have ended while the index was read
+        return [(m, snippet) for m, snippet in found if may_read(user.id, m.room_id)]
 
     async def mark_read(self, user: User, slug: object, message_id: object) -> int:
         room = await self.room_for(user, slug)

@@ -27,14 +27,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from collections import OrderedDict
 from typing import Protocol
 
 from chatd.config import Config
 from chatd.errors import NotFound
-from chatd.hub import Conn, Envelope, Hub, text_frame
-from chatd.models import Message, Room, User
+from chatd.hub import Conn, Hub, text_frame
+from chatd.models import Change, Message, Room, User, variant
 from chatd.rules import dm_peer
 from chatd.store import Store
 
@@ -42,7 +41,6 @@ log = logging.getLogger("chatd.live")
 POLICY_VIOLATION = 1008  # closes the sockets of a revoked session or token: do not come back
 REPLAY_CAP = 1000  # a replay sends at most the newest this many messages
 REPLAY_PAGE = 100  # read from the database this many at a time
-_MENTION_ATTR = re.compile(r'data-mention="([a-z0-9_.-]+)"')
 PRESENCE_DELAY = 0.2
 NOTIFY_SNIPPET = 140
 JSON_CACHE = 20_000
@@ -52,8 +50,6 @@ class Renderer(Protocol):
     """HTML for browser tabs: chatd.render.HtmlRenderer."""
 
     def message_fragment(self, message: Message, variant: str) -> str: ...
-
-    def variant_for(self, message: Message, user: User) -> str: ...
 
     def online_fragment(self, names: list[str]) -> str: ...
 
@@ -86,7 +82,8 @@ class Live:
         self._presence: dict[int, bool] = {}
         self._presence_handle: asyncio.TimerHandle | None = None
         self._typing_seen: dict[tuple[int, int], float] = {}
-        self._json: OrderedDict[int, str] = OrderedDict()
+        self._json: OrderedDict[tuple[int, int], str] = OrderedDict()  # by Message.key
+        hub.encoder = self
 
     # -- routing tables -------------------------------------------------------
 
@@ -226,22 +223,19 @@ class Live:
 
     # -- messages ---------------------------------------------------------------
 
-    def on_commit(self, messages: list[Message], listed: list[Message]) -> None:
-        """Hand each committed message to the hub, encoded once per wire form; then tell the
-        authors of `listed` that their post brought its room into their sidebar."""
+    def on_commit(self, log: list[Change], listed: list[Message]) -> None:
+        """Hand each committed change to the hub (which asks `encode` for each wire form it
+        needs, once); then tell the authors of `listed` that their post brought its room into
+        their sidebar, and those whose unread count a deletion lowered."""
         self.ensure_current()
-        self.hub.metrics.messages_stored += len(messages)
-        if messages:
-            self.published = max(self.published, messages[-1].id)
-        envelopes = []
-        for message in messages:
-            mentioned = frozenset(
-                uid for name in _MENTION_ATTR.findall(message.html)
-                if (uid := self.user_ids.get(name)) is not None
-            )
-            envelopes.append(Envelope(message.id, message.room_id, message.author_id, mentioned,
-                                      lambda form, m=message: self._build(m, form)))
-        self.hub.publish(envelopes)
+        if not log:
+            return
+        self.published = max(self.published, log[-1].id)
+        self.hub.metrics.messages_stored += sum(1 for c in log if c.kind == "message")
+        self.hub.publish(log)
+        for change in log:
+            if change.kind == "deleted":
+                self._recount(change.room_id)
         for message in listed:
             room = self.store.rooms.get(message.room_id)
             if room is None:
@@ -251,11 +245,50 @@ class Live:
             else:
                 self.joined(message.author_id, room)
 
+    def _recount(self, room_id: int) -> None:
+        """A message was deleted: the tabs elsewhere of those who may read the room get its
+        unread count again (it may have been one of theirs)."""
+        room = self.store.rooms.get(room_id)
+        if room is None:
+            return
+        tabs: dict[int, list[Conn]] = {}
+        for conn in self.hub.readers(room_id):
+            if conn.kind == "browser" and conn.room_id != room_id:
+                tabs.setdefault(conn.user.id, []).append(conn)
+        for user_id, conns in tabs.items():
+            listed, unread = self.store.sidebar_state(user_id, room)
+            if listed:
+                self.hub.send_to(conns, event_frame({"unread_set": {room.slug: unread}}))
+
+    # -- the wire forms of a change (the hub's Encoder) --------------------------------------
+
+    def encode(self, change: Change, form: str) -> bytes:
+        """One wire form of a change: `stream` for event streams, the others for tabs."""
+        message = change.message
+        if change.kind == "message" and message is not None:
+            return self._build(message, form)
+        slug = message.room if message is not None else self._slug(change.room_id)
+        if change.kind == "deleted":
+            if form == "stream":
+                return dumps({"type": "message_deleted", "id": change.id, "room": slug,
+                              "message_id": change.message_id})
+            return dumps({"message_deleted": change.message_id, "id": change.id, "room": slug})
+        assert message is not None
+        if form == "stream":
+            return f'{{"type":"message_updated","id":{change.id},"message":{self.message_json(message)}}}'.encode()
+        return dumps({"message_updated": change.message_id, "id": change.id, "room": slug,
+                      "html": self.renderer.message_fragment(message, form)})
+
+    def _slug(self, room_id: int) -> str:
+        room = self.store.rooms.get(room_id)
+        return room.slug if room is not None else ""
+
     def message_json(self, message: Message) -> str:
-        """The message object of the contract as JSON text, encoded once per message."""
-        text = self._json.get(message.id)
+        """The message object of the contract as JSON text, encoded once per version of a message."""
+        key = message.key
+        text = self._json.get(key)
         if text is None:
-            text = self._json[message.id] = _encode(message.to_json())
+            text = self._json[key] = _encode(message.to_json())
             if len(self._json) > JSON_CACHE:
                 self._json.popitem(last=False)
         return text
@@ -263,11 +296,11 @@ class Live:
     def messages_json(self, messages: list[Message]) -> str:
         """A JSON array of these messages, each encoded once (one call for a whole page)."""
         cache = self._json
-        return "[" + ",".join([cache.get(m.id) or self.message_json(m) for m in messages]) + "]"
+        return "[" + ",".join([cache.get(m.key) or self.message_json(m) for m in messages]) + "]"
 
     def _build(self, message: Message, form: str) -> bytes:
         if form == "stream":
-            return f'{{"type":"message","message":{self.message_json(message)}}}'.encode()
+            return f'{{"type":"message","id":{message.id},"message":{self.message_json(message)}}}'.encode()
         if form.startswith("unread"):
             room = self.store.rooms.get(message.room_id)
             data = {
@@ -290,7 +323,16 @@ class Live:
     def _payload(self, message: Message, conn: Conn) -> bytes:
         if conn.kind == "stream":
             return self._build(message, "stream")
-        return self._build(message, self.renderer.variant_for(message, conn.user))
+        return self._build(message, variant(message, conn.user))
+
+    def _change_payload(self, change: Change, conn: Conn) -> bytes:
+        """A replayed change for one socket, in the form live delivery would have given it."""
+        if conn.kind == "stream":
+            return self.encode(change, "stream")
+        if change.kind == "deleted":
+            return self.encode(change, "deleted")
+        assert change.message is not None
+        return self.encode(change, variant(change.message, conn.user))
 
     # -- sockets ------------------------------------------------------------------
 
@@ -326,11 +368,11 @@ class Live:
             return True
         may_read = self.access.may_read
         while conn.open:
-            page = await self.store.replay_page(after, upto, REPLAY_PAGE, user=user, room=room)
-            if not page:
+            last, page = await self.store.replay_page(after, upto, REPLAY_PAGE, user=user, room=room)
+            if not last:
                 return True
-            after = page[-1].id
-            payloads = [self._payload(m, conn) for m in page if may_read(user.id, m.room_id)]
+            after = last
+            payloads = [self._change_payload(c, conn) for c in page if may_read(user.id, c.room_id)]
             if not await self.hub.replay(conn, payloads):
                 return False
         return False

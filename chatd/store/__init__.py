@@ -20,6 +20,7 @@ from chatd.store.accounts import AccountsStore
 from chatd.store.db import storage_error
 from chatd.store.rooms import RoomsStore
 from chatd.store.schema import SCHEMA_VERSION
+from chatd.store.search import SearchStore
 
 __all__ = ["Store", "SCHEMA_VERSION"]
 
@@ -27,7 +28,7 @@ BACKUP_PREFIX = ".chatd-backup-"
 _SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
 
 
-class Store(AccountsStore, RoomsStore):
+class Store(AccountsStore, RoomsStore, SearchStore):
     async def open(self) -> None:
         """Open every connection; when one fails, close those already open (each has a thread
         that would keep the process alive after the error) and raise a domain error."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable
@@ -10,23 +11,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from chatd.errors import StorageUnavailable
-from chatd.models import Message, Room, User
+from chatd.models import Change, Message, Room, User
 from chatd.store.db import Connection, WriterThread, connect_sync, storage_error
+from chatd.store.rows import _MESSAGE, _message, _messages, decode_reactions, encode_reactions  # noqa: F401
 from chatd.store.writer import MessageWriter, OnLatency
 
 T = TypeVar("T")
-Committed = Callable[[list[Message], list[Message]], None]
+Committed = Callable[[list[Change], list[Message]], None]
 MESSAGE_CACHE = 20_000
 MARKS_CACHE = 5_000
 LATEST_KEPT = 200  # newest message ids kept per room: a room page needs no SQL for them
 
 _USER = "SELECT id, username, admin, active FROM users"
 _ROOM = "SELECT id, slug, name, kind, last_message_id, message_count, archived_at IS NOT NULL FROM rooms"
-_MESSAGE = (
-    "SELECT m.id, m.room_id, r.slug, u.username, m.user_id, m.body, m.html, m.created_at,"
-    " m.client_id FROM messages m JOIN rooms r ON r.id = m.room_id"
-    " JOIN users u ON u.id = m.user_id"
-)
 
 
 def _user(row: tuple | None) -> User | None:
@@ -35,10 +32,6 @@ def _user(row: tuple | None) -> User | None:
 
 def _room(row: tuple | None) -> Room | None:
     return None if row is None else Room._make(row)
-
-
-def _messages(rows: list[tuple]) -> list[Message]:
-    return [Message._make(row) for row in rows]
 
 
 def _bump_auth(conn: sqlite3.Connection) -> None:
@@ -72,6 +65,9 @@ class StoreBase:
         # Beside each user's marks: public rooms' sidebar states (memberships.sidebar, migration 5).
         self._states: dict[int, dict[int, int]] = {}
         self._latest: dict[int, list[int]] = {}
+        # Room id -> the positions (seq) its deleted messages had, ascending: unread counts are
+        # positions past a read mark, less the deleted ones among them (loaded at open).
+        self._gone: dict[int, list[int]] = {}
         self._sessions: dict[bytes, tuple[User, str, float]] = {}
         # Moves on every change to rooms, counts or read marks: what was computed from
         # them at an earlier epoch may be stale, at the same epoch it is not.
@@ -105,6 +101,7 @@ class StoreBase:
         if self._public_slugs.pop(room.slug, None) is not None:
             self._public = [i for i in self._public if i != room_id]
         self._latest.pop(room_id, None)
+        self._gone.pop(room_id, None)
         for marks in self._marks.values():
             marks.pop(room_id, None)
         for states in self._states.values():
@@ -145,6 +142,14 @@ class StoreBase:
                 if len(latest) > 2 * LATEST_KEPT:
                     del latest[:-LATEST_KEPT]
         return listed
+
+    def unread_count(self, room: Room, mark: int) -> int:
+        """Messages past a read mark (a position), deleted ones left out."""
+        unread = room.message_count - mark
+        gone = self._gone.get(room.id)
+        if gone:
+            unread -= len(gone) - bisect.bisect_right(gone, mark)
+        return max(0, unread)
 
     def _joined_now(self, user_id: int, room_id: int) -> bool:
         """Had this user joined this public room, as far as the mirrored marks tell? An author
@@ -213,6 +218,19 @@ class StoreBase:
         if marks is not None:
             marks.pop(room_id, None)
 
+    def changed(self, log: list[Change]) -> None:
+        """Committed edits, reaction changes and deletions: the caches that hold messages take
+        them in (the recent messages, the newest ids per room, the deleted positions)."""
+        self.epoch += 1
+        for change in log:
+            if change.kind == "updated" and change.message is not None:
+                if change.message_id in self._recent:
+                    self._recent[change.message_id] = change.message
+            elif change.kind == "deleted":
+                self._recent.pop(change.message_id, None)
+                self._latest.pop(change.room_id, None)  # read again: it may now hold too few
+                bisect.insort(self._gone.setdefault(change.room_id, []), change.seq)
+
     def remember(self, messages: list[Message]) -> None:
         for message in messages:
             self._recent[message.id] = message
@@ -252,6 +270,9 @@ class StoreBase:
             self._inline_writer.execute("PRAGMA wal_autocheckpoint = 0")
         for row in self._inline.execute(f"{_ROOM}"):
             self.note_room(Room._make(row))
+        for room_id, seq in self._inline.execute(
+                "SELECT room_id, seq FROM events WHERE kind = 'deleted' ORDER BY room_id, seq"):
+            self._gone.setdefault(room_id, []).append(seq)
 
     async def close(self) -> None:
         if self.messages_writer is not None:
@@ -269,9 +290,12 @@ class StoreBase:
         """Start the message writer; after each commit, `on_commit(messages, listed)` gets the
         messages and those of them that brought a room into their author's sidebar."""
 
-        def committed(messages: list[Message]) -> None:
+        def committed(log: list[Change]) -> None:
+            messages = [c.message for c in log if c.kind == "message" and c.message is not None]
+            if len(messages) != len(log):
+                self.changed([c for c in log if c.kind != "message"])
             self.remember(messages)
-            on_commit(messages, self._count_messages(messages))
+            on_commit(log, self._count_messages(messages))
 
         self.messages_writer = MessageWriter(self._writer, committed, on_latency, self._inline_writer)
         self.messages_writer.start()

@@ -6,9 +6,10 @@ import sqlite3
 import time
 
 from chatd.errors import Conflict, NotFound
-from chatd.models import Message, Room, RoomState, User
+from chatd.models import Change, Message, Room, RoomState, User
 from chatd.rules import dm_peer
 from chatd.store.base import _MESSAGE, _ROOM, LATEST_KEPT, StoreBase, _messages, _room
+from chatd.store.changes import next_id
 from chatd.store.db import transaction
 from chatd.store.writer import advance_read_mark
 
@@ -64,7 +65,7 @@ class RoomsStore(StoreBase):
             current = self.rooms.get(room.id, room)
             if current.kind != "public" and current.id not in marks:
                 return False, 0
-            unread = max(0, current.message_count - marks.get(current.id, 0))
+            unread = self.unread_count(current, marks.get(current.id, 0))
             return _listed(current, unread, marks, states), unread
 
         return self._read(op)
@@ -72,13 +73,16 @@ class RoomsStore(StoreBase):
     def rooms_for_now(self, conn: sqlite3.Connection, user: User) -> list[RoomState]:
         """rooms_for, for a caller already on the event loop's connection."""
         marks = self.user_marks(conn, user.id)
-        rooms, get, make = self.rooms, marks.get, RoomState._make
-        states = [make((rooms[i], max(0, rooms[i].message_count - get(i, 0)), None)) for i in self._public]
+        rooms, get, make, count = self.rooms, marks.get, RoomState._make, self.unread_count
+        if self._gone:
+            states = [make((rooms[i], count(rooms[i], get(i, 0)), None)) for i in self._public]
+        else:  # no message was ever deleted: the count is a subtraction (the usual case, and the fast one)
+            states = [make((rooms[i], max(0, rooms[i].message_count - get(i, 0)), None)) for i in self._public]
         closed = sorted((rooms[rid] for rid in marks if rid in rooms and rooms[rid].kind != "public"),
                         key=lambda r: r.name.casefold())
         for r in closed:
             peer = dm_peer(r.slug, user.username) if r.kind == "dm" else None
-            states.append(RoomState(r, max(0, r.message_count - marks[r.id]), peer))
+            states.append(RoomState(r, count(r, marks[r.id]), peer))
         return states
 
     async def directory(self, user: User) -> list[tuple[RoomState, int]]:
@@ -137,7 +141,7 @@ class RoomsStore(StoreBase):
         current = self.rooms.get(room.id)
         if current is None:
             raise NotFound("no such room")
-        return max(0, current.message_count - marks.get(room.id, 0))
+        return self.unread_count(current, marks.get(room.id, 0))
 
     async def open_dm(self, slug: str, first: User, second: User) -> Room:
         """The one DM room of this pair, created on first use."""
@@ -289,9 +293,8 @@ class RoomsStore(StoreBase):
 
         def op(conn: sqlite3.Connection) -> tuple[int, str]:
             with transaction(conn):
-                conn.execute(
-                    "UPDATE meta SET value = max(CAST(value AS INTEGER), coalesce((SELECT max(id) FROM messages), 0))"
-                    " WHERE key = 'message_id_floor'")
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'message_id_floor'", (next_id(conn) - 1,))
+                conn.execute("DELETE FROM events WHERE room_id = ?", (room.id,))
                 conn.execute("UPDATE meta SET value = max(CAST(value AS INTEGER), ?) WHERE key = 'room_id_floor'",
                              (room.id,))
                 conn.execute("DELETE FROM memberships WHERE room_id = ?", (room.id,))
@@ -346,17 +349,39 @@ class RoomsStore(StoreBase):
 
         return self._read(op)
 
+    def message(self, message_id: int) -> Message | None:
+        """One message by id, whatever its room (access is the caller's to ask)."""
+        found = self._read(self.cached_messages, [message_id])
+        return found[0] if found else None
+
+    async def messages_around(self, room: Room, message_id: int, limit: int) -> list[Message]:
+        """`limit` messages of the room around one of its messages, ascending: (limit - 1) // 2
+        below it where there are that many, more below when there are too few above."""
+
+        def op(conn: sqlite3.Connection) -> list[Message]:
+            below = [r[0] for r in conn.execute(
+                "SELECT id FROM messages WHERE room_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                (room.id, message_id, limit - 1))]
+            above = [r[0] for r in conn.execute(
+                "SELECT id FROM messages WHERE room_id = ? AND id >= ? ORDER BY id LIMIT ?",
+                (room.id, message_id, limit))]
+            keep = min(len(below), max((limit - 1) // 2, limit - len(above)))
+            ids = below[:keep][::-1] + above[:limit - keep]
+            return self.cached_messages(conn, ids)
+
+        return self._read(op)
+
     async def replay_start(self, since: int, upto: int, cap: int, user: User | None = None,
                            room: Room | None = None) -> tuple[int, bool]:
-        """Where a replay of the newest `cap` messages in (since, upto] begins: the id to read
+        """Where a replay of the newest `cap` changes in (since, upto] begins: the id to read
         after, and whether older ones were left out. `room` for one room, else every room
         `user` belongs to or that is public."""
 
         def op(conn: sqlite3.Connection) -> tuple[int, bool]:
             where, args = _replay_scope(user, room)
             rows = conn.execute(
-                f"SELECT m.id FROM messages m JOIN rooms r ON r.id = m.room_id WHERE m.id > ? AND m.id <= ?"
-                f" AND {where} ORDER BY m.id DESC LIMIT ?", (since, upto, *args, cap + 1)).fetchall()
+                f"SELECT c.id FROM ({_CHANGES}) c JOIN rooms r ON r.id = c.room_id"
+                f" WHERE {where} ORDER BY c.id DESC LIMIT ?", (since, upto, *args, cap + 1)).fetchall()
             if len(rows) <= cap:
                 return since, False
             return rows[cap][0], True
@@ -364,22 +389,38 @@ class RoomsStore(StoreBase):
         return await self._reader.run(op)
 
     async def replay_page(self, after: int, upto: int, limit: int, user: User | None = None,
-                          room: Room | None = None) -> list[Message]:
-        """The next `limit` messages of a replay, in id order."""
+                          room: Room | None = None) -> tuple[int, list[Change]]:
+        """The next `limit` changes of a replay, in id order, each as the change log has it now:
+        a new message or an update as the message is now, none of a message deleted since.
+        Returns the last id read (0 at the end) with them."""
 
-        def op(conn: sqlite3.Connection) -> list[Message]:
+        def op(conn: sqlite3.Connection) -> tuple[int, list[Change]]:
             where, args = _replay_scope(user, room)
-            rows = conn.execute(f"{_MESSAGE} WHERE m.id > ? AND m.id <= ? AND {where} ORDER BY m.id LIMIT ?",
-                                (after, upto, *args, limit)).fetchall()
-            return _messages(rows)
+            rows = conn.execute(
+                f"SELECT c.id, c.kind, c.room_id, c.message_id, c.seq FROM ({_CHANGES}) c"
+                f" JOIN rooms r ON r.id = c.room_id WHERE {where} ORDER BY c.id LIMIT ?",
+                (after, upto, *args, limit)).fetchall()
+            if not rows:
+                return 0, []
+            wanted = list({r[3] for r in rows if r[1] != "deleted"})
+            found: dict[int, Message] = {}
+            for i in range(0, len(wanted), 500):
+                part = wanted[i:i + 500]
+                found.update((m.id, m) for m in _messages(conn.execute(
+                    f"{_MESSAGE} WHERE m.id IN ({','.join('?' * len(part))})", part).fetchall()))
+            page = []
+            for cid, kind, room_id, message_id, seq in rows:
+                if kind == "deleted":
+                    page.append(Change(cid, "deleted", room_id, message_id, 0, None, seq or 0))
+                elif (message := found.get(message_id)) is not None:
+                    page.append(Change(cid, kind, room_id, message_id, message.author_id, message))
+            return rows[-1][0], page
 
         return await self._reader.run(op)
 
     def newest_id(self) -> int:
-        """The highest message id stored, deleted ones included."""
-        return self._read(lambda c: c.execute(
-            "SELECT max(coalesce((SELECT max(id) FROM messages), 0),"
-            " (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'message_id_floor'))").fetchone()[0])
+        """The highest id of the change log given out, deleted messages' included."""
+        return self._read(next_id) - 1
 
 
 def _listed(room: Room, unread: int, marks: dict[int, int], states: dict[int, int]) -> bool:
@@ -394,12 +435,20 @@ def _listed(room: Room, unread: int, marks: dict[int, int], states: dict[int, in
     return room.kind != "dm" or bool(room.last_message_id)
 
 
+# The change log between two ids: new messages (their own events) and the events table.
+_CHANGES = (
+    "SELECT id, 'message' AS kind, room_id, id AS message_id, NULL AS seq FROM messages WHERE id > ?1 AND id <= ?2"
+    " UNION ALL SELECT id, kind, room_id, message_id, seq FROM events WHERE id > ?1 AND id <= ?2"
+)
+
+
 def _replay_scope(user: User | None, room: Room | None) -> tuple[str, tuple[int, ...]]:
+    """Numbered parameters from ?3 on (?1 and ?2 are the change log's bounds)."""
     if room is not None:
-        return "m.room_id = ?", (room.id,)
+        return "c.room_id = ?3", (room.id,)
     assert user is not None
-    return ("(r.kind = 'public' OR EXISTS (SELECT 1 FROM memberships x WHERE x.room_id = m.room_id"
-            " AND x.user_id = ?))", (user.id,))
+    return ("(r.kind = 'public' OR EXISTS (SELECT 1 FROM memberships x WHERE x.room_id = c.room_id"
+            " AND x.user_id = ?3))", (user.id,))
 
 
 def _bump_rooms(conn: sqlite3.Connection) -> str:

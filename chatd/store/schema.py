@@ -9,6 +9,8 @@ from __future__ import annotations
 import sqlite3
 import time
 
+from chatd.rules import UNSPACED_CLASS
+
 MIGRATIONS: list[str] = [
     # 1: accounts, server-side sessions, public rooms and messages.
     """
@@ -105,7 +107,58 @@ MIGRATIONS: list[str] = [
     INSERT OR IGNORE INTO meta (key, value) VALUES ('room_id_floor', '0');
     INSERT OR IGNORE INTO meta (key, value) VALUES ('rooms_version', '0');
     """,
+    # 6: conversations that change, and search. The change log is the messages table (a new
+    # message is its own event, id and all) and the events table (edits, reaction changes and
+    # deletions), which share one rising id sequence (store/changes.py). A deleted message's row
+    # goes; its event keeps the room and the position (seq) it had, so unread counts skip it.
+    # mentions: the usernames rendering found, space-separated (NULL: stored before this
+    # migration, read back from the HTML once). reactions: JSON [[emoji, [username...]]...].
+    # rev: the id of the message's last change (NULL: never changed).
+    # Search: two FTS5 indexes over the bodies, kept by triggers in the very transaction that
+    # changes a message: words (accents and case folded) for every message, and trigrams for
+    # the messages with text written without spaces (Chinese, Japanese, Thai).
+    """
+    ALTER TABLE messages ADD COLUMN mentions TEXT;
+    ALTER TABLE messages ADD COLUMN edited_at REAL;
+    ALTER TABLE messages ADD COLUMN reactions TEXT;
+    ALTER TABLE messages ADD COLUMN rev INTEGER;
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        room_id INTEGER NOT NULL,
+        message_id INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('updated', 'deleted')),
+        seq INTEGER,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX events_room ON events(room_id, id);
+    CREATE INDEX events_deleted ON events(room_id, seq) WHERE kind = 'deleted';
+    CREATE VIRTUAL TABLE search_words USING fts5(
+        body, content='messages', content_rowid='id', tokenize='unicode61 remove_diacritics 2');
+    CREATE VIRTUAL TABLE search_grams USING fts5(
+        body, content='messages', content_rowid='id', tokenize='trigram');
+    INSERT INTO search_words (rowid, body) SELECT id, body FROM messages;
+    INSERT INTO search_grams (rowid, body) SELECT id, body FROM messages WHERE body GLOB '{unspaced}';
+    CREATE TRIGGER search_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO search_words (rowid, body) VALUES (new.id, new.body);
+        INSERT INTO search_grams (rowid, body) SELECT new.id, new.body WHERE new.body GLOB '{unspaced}';
+    END;
+    CREATE TRIGGER search_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO search_words (search_words, rowid, body) VALUES ('delete', old.id, old.body);
+        INSERT INTO search_grams (search_grams, rowid, body)
+            SELECT 'delete', old.id, old.body WHERE old.body GLOB '{unspaced}';
+    END;
+    CREATE TRIGGER search_update AFTER UPDATE OF body ON messages BEGIN
+        INSERT INTO search_words (search_words, rowid, body) VALUES ('delete', old.id, old.body);
+        INSERT INTO search_grams (search_grams, rowid, body)
+            SELECT 'delete', old.id, old.body WHERE old.body GLOB '{unspaced}';
+        INSERT INTO search_words (rowid, body) VALUES (new.id, new.body);
+        INSERT INTO search_grams (rowid, body) SELECT new.id, new.body WHERE new.body GLOB '{unspaced}';
+    END;
+    """,
 ]
+
+UNSPACED_GLOB = f"*[{UNSPACED_CLASS}]*"  # a message with any of these goes into the trigram index too
+
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -118,7 +171,7 @@ def migrate(conn: sqlite3.Connection, upto: int = SCHEMA_VERSION) -> int:
     """Apply pending migrations up to `upto`; return the version found before."""
     found = schema_version(conn)
     for version in range(found + 1, upto + 1):
-        script = MIGRATIONS[version - 1].replace("{now}", repr(time.time()))
+        script = MIGRATIONS[version - 1].replace("{now}", repr(time.time())).replace("{unspaced}", UNSPACED_GLOB)
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Re-read under the write lock: another process may have migrated meanwhile.

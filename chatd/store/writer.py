@@ -37,14 +37,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chatd.errors import ChatdError, Forbidden, NotFound, StorageUnavailable
-from chatd.models import Message, Room, User
+from chatd.models import Change, Message, Room, User
+from chatd.store import changes
+from chatd.store.changes import ChangeRequest, ChangeResult
 from chatd.store.db import WriterThread, storage_error, transaction
+from chatd.store.rows import _message
 
 log = logging.getLogger("chatd.store")
 MAX_BATCH = 512
 CHECKPOINT_EVERY = 200  # inline commits between WAL checkpoints (a few MB of log)
 
-OnCommit = Callable[[list[Message]], None]
+OnCommit = Callable[[list[Change]], None]
 OnLatency = Callable[[float], None]
 Result = tuple[Message, bool] | ChatdError  # (message, created) or why it was refused
 
@@ -61,10 +64,15 @@ class Pending:
     # Asked on the event loop just before the batch is written: may the author still post
     # here, from where they posted (chatd.access, the socket still open)?
     allowed: Callable[[], bool] = field(repr=False, default=lambda: True)
+    mentions: tuple[str, ...] = ()  # usernames the body @mentions (rules.render_body)
+
+
+Item = Pending | ChangeRequest
 
 
 class MessageWriter:
-    """Single writer task: one transaction per batch of pending messages."""
+    """Single writer task: one transaction per batch of pending messages and changes to
+    messages, which take their ids from one sequence in the order they were queued."""
 
     def __init__(
         self, conn: WriterThread, on_commit: OnCommit, on_latency: OnLatency,
@@ -74,7 +82,7 @@ class MessageWriter:
         self._inline = inline  # None: every batch on the writer thread (synchronous=FULL)
         self._on_commit = on_commit
         self._on_latency = on_latency
-        self._pending: list[Pending] = []
+        self._pending: list[Item] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Made on the loop it writes for; asking asyncio.get_running_loop() per post would
@@ -98,13 +106,27 @@ class MessageWriter:
 
     async def submit(
         self, room: Room, author: User, body: str, html: str, client_id: str | None,
-        allowed: Callable[[], bool] = lambda: True,
+        allowed: Callable[[], bool] = lambda: True, mentions: tuple[str, ...] = (),
     ) -> tuple[Message, bool]:
         """Queue one message; returns (message, created) after its commit."""
         if self._closing:
             raise StorageUnavailable("the server is shutting down; send again in a moment")
         future: asyncio.Future[tuple[Message, bool]] = self._loop.create_future()
-        self._pending.append(Pending(room, author, body, html, client_id, time.time(), future, allowed))
+        self._pending.append(Pending(room, author, body, html, client_id, time.time(), future, allowed, mentions))
+        self._wake.set()
+        return await future
+
+    async def change(
+        self, kind: changes.ChangeKind, message: Message, actor: User, allowed: Callable[[], bool], *,
+        body: str = "", html: str = "", mentions: tuple[str, ...] = (), emoji: str = "",
+    ) -> tuple[Change | None, Message | None]:
+        """Queue a change to a stored message; returns (the change or None when nothing changed,
+        the message as it is now or None once deleted) after its commit."""
+        if self._closing:
+            raise StorageUnavailable("the server is shutting down; try again in a moment")
+        future: asyncio.Future[tuple[Change | None, Message | None]] = self._loop.create_future()
+        self._pending.append(ChangeRequest(kind, message.id, message.room_id, actor, future, body, html,
+                                           mentions, emoji, time.time(), allowed))
         self._wake.set()
         return await future
 
@@ -144,11 +166,11 @@ class MessageWriter:
         """Posts not yet committed: queued, and in the batch being written."""
         return len(self._pending) + self.writing
 
-    async def _write(self, batch: list[Pending]) -> None:
-        refused = NotFound("you can no longer post in this room")
+    async def _write(self, batch: list[Item]) -> None:
         for item in batch:
             if not item.allowed() and not item.future.done():
-                item.future.set_exception(refused)
+                item.future.set_exception(NotFound(
+                    "you can no longer post in this room" if isinstance(item, Pending) else "no such message"))
         batch = [item for item in batch if not item.future.done()]  # a caller may also have gone
         if not batch:
             return
@@ -168,8 +190,18 @@ class MessageWriter:
         finally:
             self.writing = 0
         self._on_latency(time.perf_counter() - started)
+        log_: list[Change] = []
+        for result in results:
+            if isinstance(result, ChatdError):
+                continue
+            if isinstance(result[0], Message):
+                if result[1]:  # created, not a retry
+                    m = result[0]
+                    log_.append(Change(m.id, "message", m.room_id, m.id, m.author_id, m))
+            elif result[0] is not None:
+                log_.append(result[0])
         try:
-            self._on_commit([r[0] for r in results if not isinstance(r, ChatdError) and r[1]])
+            self._on_commit(log_)
         except Exception:  # a publishing bug must not lose acknowledgements
             log.exception("event=publish_failed")
         for item, result in zip(batch, results, strict=True):
@@ -180,7 +212,7 @@ class MessageWriter:
             else:
                 item.future.set_result(result)
 
-    async def _insert(self, batch: list[Pending]) -> list[Result]:
+    async def _insert(self, batch: list[Item]) -> list[Result | ChangeResult]:
         """Inline when the write lock is free; otherwise wait for it on the writer thread."""
         if self._inline is not None:
             try:
@@ -208,19 +240,26 @@ def _checkpoint(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
-def _insert_batch(conn: sqlite3.Connection, batch: list[Pending]) -> list[Result]:
-    results: list[Result] = []
+def _insert_batch(conn: sqlite3.Connection, batch: list[Item]) -> list[Result | ChangeResult]:
+    results: list[Result | ChangeResult] = []
     with transaction(conn):
-        next_id = conn.execute(
-            "SELECT max(coalesce((SELECT max(id) FROM messages), 0),"
-            " (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'message_id_floor')) + 1").fetchone()[0]
+        next_id = changes.next_id(conn)
         rows: list[tuple[object, ...]] = []
-        known = _stored_retries(conn, batch)  # this batch's new messages join it as they come
+        posts = [item for item in batch if isinstance(item, Pending)]
+        known = _stored_retries(conn, posts)  # this batch's new messages join it as they come
         counts: dict[int, int] = {}  # room id -> message count so far
         last: dict[int, int] = {}  # room id -> newest message id
         marks: dict[tuple[int, int], tuple[Pending, int, int]] = {}  # posting reads the room
         checked: dict[tuple[int, int], ChatdError | None] = {}
         for item in batch:
+            if isinstance(item, ChangeRequest):
+                # Changes are to messages of earlier commits (a client learns an id only from
+                # its commit), so applying them before this batch's inserts below is safe.
+                change = changes.apply(conn, item, next_id)
+                results.append(change)
+                if not isinstance(change, ChatdError) and change[0] is not None:
+                    next_id += 1
+                continue
             # The same author, client_id, room and body as a message stored or earlier in this
             # batch is a retry of it; a reused client_id with another body or room is new.
             key = (item.author.id, item.client_id, item.room.id, item.body)
@@ -238,18 +277,18 @@ def _insert_batch(conn: sqlite3.Connection, batch: list[Pending]) -> list[Result
             counts[room_id] += 1
             message = Message(
                 next_id, room_id, item.room.slug, item.author.username, item.author.id,
-                item.body, item.html, item.created_at, item.client_id,
+                item.body, item.html, item.created_at, item.client_id, item.mentions, None, (), next_id,
             )
             known[key] = message
             rows.append((next_id, room_id, item.author.id, item.body, item.html,
-                         item.created_at, item.client_id, counts[room_id]))
+                         item.created_at, item.client_id, counts[room_id], " ".join(item.mentions)))
             last[room_id] = next_id
             marks[(room_id, item.author.id)] = (item, next_id, counts[room_id])
             results.append((message, True))
             next_id += 1
         conn.executemany(
-            "INSERT INTO messages (id, room_id, user_id, body, html, created_at, client_id, seq)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO messages (id, room_id, user_id, body, html, created_at, client_id, seq, mentions)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         conn.executemany(
@@ -298,15 +337,16 @@ def _stored_retries(conn: sqlite3.Connection, batch: list[Pending]) -> dict[Retr
     values = ", ".join(["(?, ?, ?, ?)"] * len(keys))
     # CROSS JOIN keeps the batch as the outer loop: one index search per key, never a scan.
     for row in conn.execute(
-        f"SELECT m.id, m.room_id, r.slug, m.body, m.html, m.created_at, m.user_id, m.client_id"
+        f"SELECT m.id, m.room_id, r.slug, m.body, m.html, m.created_at, m.user_id, m.client_id,"
+        f" m.mentions, m.edited_at, m.reactions, m.rev"
         f" FROM (VALUES {values}) k CROSS JOIN messages m ON m.user_id = k.column1"
         f" AND m.client_id = k.column2 AND m.room_id = k.column3 AND m.body = k.column4"
         f" JOIN rooms r ON r.id = m.room_id ORDER BY m.id",
         [v for key in keys for v in key],
     ):
         key = (row[6], row[7], row[1], row[3])
-        found[key] = Message(row[0], row[1], row[2], keys[key].author.username, row[6],
-                             row[3], row[4], row[5], row[7])
+        found[key] = _message((row[0], row[1], row[2], keys[key].author.username, row[6],
+                               row[3], row[4], row[5], row[7], row[8], row[9], row[10], row[11]))
     return found
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from aiohttp import web
 from markupsafe import Markup
@@ -27,11 +27,12 @@ from chatd.auth import (
 from chatd.errors import BadInput, ChatdError, Forbidden, RateLimited, Unauthorized
 from chatd.hub import Conn
 from chatd.metrics import render_metrics
-from chatd.models import Room, RoomState, User
+from chatd.models import Message, Room, RoomState, User, rfc3339
 from chatd.services import Services, parse_int
 from chatd.sockets import open_socket, run_socket
 from chatd.state import CONFIG, RENDERER, SERVICES, STORE
 
+SEARCH_PAGE = 20
 log = logging.getLogger("chatd.views")
 routes = web.RouteTableDef()
 SIDEBAR_CACHE = 10_000
@@ -176,11 +177,24 @@ async def _room_page(request: web.Request, user: User, credential: Any, room: Ro
     services = _svc(request)
     await services.chat.visit(user, room)
     page = request.app[CONFIG].history_page
-    messages = await services.store.messages(room, limit=page)
+    around = request.query.get("around")
+    later = False  # the page stops short of the newest messages (a permalink's, far back)
+    if around:
+        _, messages = await services.chat.history(user, room.slug, around=around, limit=page)
+        current = int(around)
+        newer = await services.store.messages(room, after=messages[-1].id, limit=1) if messages else []
+        later = bool(newer)
+        more = bool(messages) and bool(await services.store.messages(room, before=messages[0].id, limit=1))
+    else:
+        messages = await services.store.messages(room, limit=page)
+        current, more = None, len(messages) == page
     rooms_html, dms_html = await _sidebar(request, user, room)
     ctx = {
-        "me": user, "room": room, "messages": messages, "csrf": credential.csrf,
-        "more": len(messages) == page, "title": _title(room, user),
+        "me": user, "room": room, "messages": messages, "csrf": credential.csrf, "current": current,
+        # A page far back in history opens its socket at the newest change (nothing replayed:
+        # the page loads the newer messages as the reader scrolls down, from later_html).
+        "later": later, "since": services.live.published if later else (messages[-1].id if messages else 0),
+        "more": more, "title": _title(room, user),
         "rooms_html": rooms_html, "dms_html": dms_html,
         # The viewer's own socket is about to open: list them already.
         "online": sorted(set(services.live.online_in(room.id)) | {user.username}), "peer": _peer(room, user),
@@ -241,14 +255,57 @@ async def dm_page(request: web.Request) -> web.Response:
 
 @routes.get("/r/{slug}/history")
 async def history(request: web.Request) -> web.Response:
-    """Older messages for infinite scroll: a page of history and the next sentinel."""
+    """A page of history for infinite scroll, with the next sentinel: older messages
+    (`before`), or newer ones (`after`, below a permalink's page far back)."""
     user, _ = await page_user(request)
     page = request.app[CONFIG].history_page
+    after = request.query.get("after")
     room, messages = await _svc(request).chat.history(
-        user, request.match_info["slug"], before=request.query.get("before"), limit=page
-    )
-    ctx = {"me": user, "room": room, "messages": messages, "more": len(messages) == page, "peer": _peer(room, user)}
+        user, request.match_info["slug"], before=None if after else request.query.get("before"),
+        after=after, limit=page)
+    ctx = {"me": user, "room": room, "messages": messages, "more": len(messages) == page, "peer": _peer(room, user),
+           "newer": bool(after)}
     return _page(request, "_history.html", ctx)
+
+
+@routes.get("/m/{id}")
+async def permalink(request: web.Request) -> web.Response:
+    """A message's permanent address: its room's page around it."""
+    user, _ = await page_user(request)
+    room, message = _svc(request).chat.message_for(user, request.match_info["id"])
+    path = f"/dm/{_peer(room, user)}" if room.kind == "dm" else f"/r/{room.slug}"
+    raise web.HTTPSeeOther(f"{path}?around={message.id}#message-{message.id}")
+
+
+@routes.get("/search")
+async def search_page(request: web.Request) -> web.Response:
+    """Search every room the user may read (or one, `room`): results newest first, each a
+    permalink; `before` pages to older results."""
+    user, credential = await page_user(request)
+    services = _svc(request)
+    q, slug = request.query.get("q", ""), request.query.get("room", "")
+    ctx: dict[str, Any] = {"me": user, "csrf": credential.csrf, "q": q, "room": slug, "results": [],
+                           "title": f"Search: {q}" if q.strip() else "Search", "error": None, "older": None}
+    status = 200
+    if q.strip():
+        try:
+            found = await services.chat.search(user, q, slug or None, request.query.get("before"), SEARCH_PAGE)
+        except ChatdError as exc:
+            ctx["error"], status = exc.message, exc.status
+        else:
+            ctx["results"] = [_result(services, user, m, snippet) for m, snippet in found]
+            if len(found) == SEARCH_PAGE:
+                ctx["older"] = "/search?" + urlencode(
+                    {k: v for k, v in (("q", q), ("room", slug), ("before", str(found[-1][0].id))) if v})
+    return _page(request, "search.html", ctx, status)
+
+
+def _result(services: Services, user: User, message: Message, snippet: str) -> dict[str, Any]:
+    room = services.store.rooms.get(message.room_id)
+    peer = _peer(room, user) if room is not None else None
+    where = f"@{peer}" if peer else f"#{room.name if room else message.room}"
+    return {"message": message, "snippet": Markup(snippet), "where": where, "href": f"/m/{message.id}",
+            "stamp": rfc3339(message.created_at)}
 
 
 @routes.get("/rooms/new")
