@@ -9,10 +9,9 @@ from aiohttp import web
 
 from chatd.auth import api_user, identify, origin_ok, read_json
 from chatd.errors import BadInput, Forbidden, Unauthorized
-from chatd.hub import Conn
 from chatd.models import Message, User
 from chatd.services import Services, parse_int
-from chatd.sockets import open_socket, run_socket
+from chatd.sockets import handle_frame, open_socket, run_socket
 from chatd.state import SERVICES
 
 routes = web.RouteTableDef()
@@ -203,26 +202,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
         raise Forbidden("cross-site WebSocket refused")
     since = parse_int(request.query.get("since"), "since", default=None, low=0)
     conn = await open_socket(request, user, credential, "stream")
-    return await run_socket(services, conn, since, None, lambda frame: _frame(services, conn, frame), _error)
+    return await run_socket(services, conn, since, None, lambda frame: handle_frame(services, conn, frame), _error)
 
 
 def _error(code: str, message: str, client_id: str | None) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message, "client_id": client_id}
-
-
-async def _frame(services: Services, conn: Conn, frame: dict[str, Any]) -> None:
-    """One client frame of the stream: send or typing."""
-    kind = frame.get("type")
-    if kind == "send":
-        if not isinstance(frame.get("room"), str):
-            raise BadInput("room is required")
-        if "body" not in frame:
-            raise BadInput("body is required")
-        room = await services.chat.room_for(conn.user, frame["room"])
-        message, created = await services.chat.post_in(
-            conn.user, room, frame["body"], frame.get("client_id"), conn=conn)
-        services.live.acknowledge_retry(conn, message, created)
-    elif kind == "typing":
-        services.chat.typing(conn.user, await services.chat.room_for(conn.user, frame.get("room")))
-    else:
-        raise BadInput("unknown frame type")

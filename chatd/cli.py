@@ -146,8 +146,6 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    # aiosqlite logs every statement at debug: never useful in chatd's logs.
-    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
 
 
 def raise_open_files_limit() -> int:

@@ -112,3 +112,33 @@ async def _answer(services: Services, conn: Conn, raw: str, handle: Handler, err
     except Exception:  # a bug must not leave the client without an answer, nor reach it
         log.exception("event=frame_failed user=%s", conn.user.username)
         services.live.send(conn, error("internal", "the server could not handle that frame", None))
+
+
+async def handle_frame(services: Services, conn: Conn, frame: dict[str, Any]) -> None:
+    """One client frame, from a stream or a tab: the one dispatcher for both.
+
+    A tab's frames are about the room it shows (asked anew for every frame: access may have
+    ended) and default to `send`, the composer's form; a stream's name their room. Then the
+    same handling: send, typing, or (tabs, and streams as an extension) a read mark."""
+    chat = services.chat
+    if conn.kind == "browser":
+        room = services.live.socket_room(conn)
+        kind = frame.get("type", "send")
+    else:
+        kind = frame.get("type")
+        if kind not in ("send", "typing", "read"):
+            raise BadInput("unknown frame type")
+        if kind == "send" and not isinstance(frame.get("room"), str):
+            raise BadInput("room is required")
+        if kind == "send" and "body" not in frame:
+            raise BadInput("body is required")
+        room = await chat.room_for(conn.user, frame.get("room"))
+    if kind == "send":
+        message, created = await chat.post_in(conn.user, room, frame.get("body"), frame.get("client_id"), conn=conn)
+        services.live.acknowledge_retry(conn, message, created)
+    elif kind == "typing":
+        chat.typing(conn.user, room)
+    elif kind == "read":
+        await chat.mark_read_in(conn.user, room, frame.get("message_id"))
+    else:
+        raise BadInput("unknown frame type")

@@ -205,10 +205,12 @@ async def test_the_log_starts_over_after_checkpoints_under_steady_posting(
         resp = await chat.client.post("/api/v1/rooms/general/messages", json={"body": f"m{i}"},
                                       headers=alice)
         assert resp.status == 201
-    # Each commit appends several pages to the log; a restarted log is overwritten from
-    # its start, so the file stays at its largest stretch between two checkpoints.
-    frames = (Path(f"{store.path}-wal").stat().st_size - 32) // (24 + 4096)
-    assert frames < commits, frames
+    # The log's header counts its restarts (checkpoint sequence, bytes 12-15): one per two
+    # checkpoints at least. (The file's size is no measure since search indexes came: an FTS5
+    # segment merge now and then writes hundreds of pages in one commit.)
+    wal = Path(f"{store.path}-wal")
+    restarts = int.from_bytes(wal.read_bytes()[12:16], "big")
+    assert restarts >= commits // (2 * 3), restarts
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == commits
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from chatd.errors import StorageUnavailable
 from chatd.models import Change, Message, Room, User
-from chatd.store.db import Connection, WriterThread, connect_sync, storage_error
+from chatd.store.db import ThreadConnection, connect_sync, storage_error
 from chatd.store.rows import _MESSAGE, _message, _messages, decode_reactions, encode_reactions  # noqa: F401
 from chatd.store.writer import MessageWriter, OnLatency
 
@@ -47,8 +47,8 @@ class StoreBase:
     def __init__(self, path: Path, sync: str = "normal") -> None:
         self.path = Path(path)
         self.sync = sync
-        self._writer = WriterThread(self.path, sync)
-        self._reader = Connection(self.path, sync)
+        self._writer = ThreadConnection(self.path, sync, "chatd-writer")  # write transactions
+        self._reader = ThreadConnection(self.path, sync, "chatd-reader")  # big reads
         self.messages_writer: MessageWriter | None = None
         self._inline: sqlite3.Connection | None = None
         self._inline_writer: sqlite3.Connection | None = None

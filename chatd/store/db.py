@@ -11,8 +11,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiosqlite
-
 from chatd.errors import SchemaTooNew, StorageUnavailable
 from chatd.store.schema import SCHEMA_VERSION, migrate, schema_version
 
@@ -113,44 +111,17 @@ def connect_sync(path: Path, sync: str = "normal") -> sqlite3.Connection:
     return conn
 
 
-class Connection:
-    """One sqlite3 connection on its own thread; each call is one thread hop."""
+class ThreadConnection:
+    """One sqlite3 connection on a thread of its own (a single-worker executor); each call
+    hands it a whole function, one thread hop per transaction or big read."""
 
-    def __init__(self, path: Path, sync: str) -> None:
-        self.path, self.sync = path, sync
-        self._db: aiosqlite.Connection | None = None
-
-    async def open(self) -> None:
-        # Open and migrate first, so a failure is a clean exception with no thread left behind.
-        raw = await asyncio.to_thread(connect_sync, self.path, self.sync)
-        self._db = aiosqlite.Connection(lambda: raw, 64)
-        await self._db
-
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn(sqlite3_connection, *args) on the connection's thread."""
-        if self._db is None:
-            raise StorageUnavailable("the database is closed")
-        # aiosqlite's _execute hands a whole function to the connection's thread:
-        # one hop per transaction instead of one per statement.
-        return await self._db._execute(fn, self._db._conn, *args)  # type: ignore[attr-defined]
-
-
-class WriterThread:
-    """The connection that writes, on a thread of its own (a single-worker executor): every
-    write transaction but the inline message batches (writer.py) is handed to it whole."""
-
-    def __init__(self, path: Path, sync: str) -> None:
-        self.path, self.sync = path, sync
+    def __init__(self, path: Path, sync: str, name: str = "chatd-db") -> None:
+        self.path, self.sync, self.name = path, sync, name
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
 
     async def open(self) -> None:
-        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="chatd-writer")
+        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.name)
         try:
             self._conn = await asyncio.wrap_future(executor.submit(connect_sync, self.path, self.sync))
         except BaseException:
@@ -166,7 +137,7 @@ class WriterThread:
             executor.shutdown(wait=False)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn(sqlite3_connection, *args) on the writer thread."""
+        """Run fn(sqlite3_connection, *args) on the connection's thread."""
         if self._executor is None:
             raise StorageUnavailable("the database is closed")
         return await asyncio.wrap_future(self._executor.submit(fn, self._conn, *args))
@@ -183,3 +154,4 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+

@@ -40,7 +40,7 @@ from chatd.errors import ChatdError, Forbidden, NotFound, StorageUnavailable
 from chatd.models import Change, Message, Room, User
 from chatd.store import changes
 from chatd.store.changes import ChangeRequest, ChangeResult
-from chatd.store.db import WriterThread, storage_error, transaction
+from chatd.store.db import ThreadConnection, storage_error, transaction
 from chatd.store.rows import _message
 
 log = logging.getLogger("chatd.store")
@@ -75,7 +75,7 @@ class MessageWriter:
     messages, which take their ids from one sequence in the order they were queued."""
 
     def __init__(
-        self, conn: WriterThread, on_commit: OnCommit, on_latency: OnLatency,
+        self, conn: ThreadConnection, on_commit: OnCommit, on_latency: OnLatency,
         inline: sqlite3.Connection | None = None,
     ) -> None:
         self._conn = conn

@@ -25,11 +25,10 @@ from chatd.auth import (
     set_form_cookie,
 )
 from chatd.errors import BadInput, ChatdError, Forbidden, RateLimited, Unauthorized
-from chatd.hub import Conn
 from chatd.metrics import render_metrics
 from chatd.models import Message, Room, RoomState, User, rfc3339
 from chatd.services import Services, parse_int
-from chatd.sockets import open_socket, run_socket
+from chatd.sockets import handle_frame, open_socket, run_socket
 from chatd.state import CONFIG, RENDERER, SERVICES, STORE
 
 SEARCH_PAGE = 20
@@ -433,26 +432,9 @@ async def browser_socket(request: web.Request) -> web.StreamResponse:
         states = await services.store.sidebar_for(user)
         services.live.send(conn, {"unread_all": {s.room.slug: s.unread for s in states}})
 
-    return await run_socket(services, conn, since, room, lambda frame: _tab_frame(services, conn, frame),
+    return await run_socket(services, conn, since, room, lambda frame: handle_frame(services, conn, frame),
                             _tab_error, greet)
 
 
 def _tab_error(code: str, message: str, client_id: str | None) -> dict[str, Any]:
     return {"error": message, "code": code, "client_id": client_id}
-
-
-async def _tab_frame(services: Services, conn: Conn, frame: dict[str, Any]) -> None:
-    """A frame from htmx: the composer (send, the default), typing, or a read mark."""
-    room = services.live.socket_room(conn)  # asked anew for every frame: access may have ended
-    kind = frame.get("type", "send")
-    if kind == "send":
-        message, created = await services.chat.post_in(
-            conn.user, room, frame.get("body"), frame.get("client_id"), conn=conn)
-        services.live.acknowledge_retry(conn, message, created)
-    elif kind == "typing":
-        services.chat.typing(conn.user, room)
-    elif kind == "read":
-        await services.chat.mark_read_in(conn.user, room, frame.get("message_id"))
-    else:
-        raise BadInput("unknown frame type")
-
