@@ -9,9 +9,9 @@ from urllib.parse import quote
 
 import pytest
 from aiohttp import ClientSession
+from test_sidebar_live import open_tab, until
 
 from conftest import Chat, next_json
-from test_sidebar_live import open_tab, until
 
 pytestmark = pytest.mark.usefixtures("no_server_tracebacks")
 
@@ -226,6 +226,7 @@ async def test_since_replays_changes_to_older_messages(chat: Chat) -> None:
         ("message_updated", "old, edited"), ("message", "fresh"), ("message_deleted", None),
         ("message_deleted", None)]
     assert [e["id"] for e in got] == sorted(e["id"] for e in got)
+    assert got[1]["message"] == fresh and got[1]["id"] == fresh["id"]
     assert got[2]["message_id"] == doomed["id"] and got[3]["message_id"] == later["id"]
     # Then live, with no gap and no duplicate.
     live = await post(chat, alice, "live")
