@@ -8,9 +8,11 @@ import time
 from chatd.errors import Conflict, NotFound
 from chatd.models import Change, Message, Room, RoomState, User
 from chatd.rules import dm_peer
-from chatd.store.base import _MESSAGE, _ROOM, LATEST_KEPT, StoreBase, _messages, _room
+from chatd.store.base import _ROOM, StoreBase, _room
 from chatd.store.changes import next_id
 from chatd.store.db import transaction
+from chatd.store.mirror import LATEST_KEPT
+from chatd.store.rows import _MESSAGE, _messages
 from chatd.store.writer import advance_read_mark
 
 
