@@ -355,3 +355,13 @@ async def test_concurrent_changes_keep_id_order(chat: Chat) -> None:
     assert [e["id"] for e in events] == sorted(e["id"] for e in events)
     assert len(events[-1]["message"]["reactions"]) == 20
     await ws.close()
+
+
+async def test_a_retry_of_an_edited_message_is_still_a_retry(chat: Chat) -> None:
+    alice = await chat.bearer("alice")
+    url = "/api/v1/rooms/general/messages"
+    first = await call(chat, "POST", url, alice, 201, json={"body": "as sent", "client_id": "r1"})
+    await call(chat, "PATCH", f"/api/v1/messages/{first['message']['id']}", alice, 200, json={"body": "as edited"})
+    again = await call(chat, "POST", url, alice, 200, json={"body": "as sent", "client_id": "r1"})
+    assert again["message"]["id"] == first["message"]["id"] and again["message"]["body"] == "as edited"
+    assert [m["body"] for m in await history(chat, alice)] == ["as edited"]

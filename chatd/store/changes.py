@@ -69,7 +69,8 @@ def apply(conn: sqlite3.Connection, item: ChangeRequest, event_id: int) -> Chang
         if item.body == message.body:
             return None, message
         conn.execute(
-            "UPDATE messages SET body = ?, html = ?, mentions = ?, edited_at = ?, rev = ? WHERE id = ?",
+            "UPDATE messages SET sent_body = coalesce(sent_body, body), body = ?, html = ?, mentions = ?,"
+            " edited_at = ?, rev = ? WHERE id = ?",
             (item.body, item.html, " ".join(item.mentions), item.created_at, event_id, message.id))
         changed = message._replace(body=item.body, html=item.html, mentions=item.mentions,
                                    edited_at=item.created_at, rev=event_id)

@@ -113,7 +113,8 @@ MIGRATIONS: list[str] = [
     # goes; its event keeps the room and the position (seq) it had, so unread counts skip it.
     # mentions: the usernames rendering found, space-separated (NULL: stored before this
     # migration, read back from the HTML once). reactions: JSON [[emoji, [username...]]...].
-    # rev: the id of the message's last change (NULL: never changed).
+    # rev: the id of the message's last change (NULL: never changed). sent_body: the body as
+    # first sent, kept by the first edit (a retry of the send is still recognised as one).
     # Search: two FTS5 indexes over the bodies, kept by triggers in the very transaction that
     # changes a message: words (accents and case folded) for every message, and trigrams for
     # the messages with text written without spaces (Chinese, Japanese, Thai).
@@ -122,6 +123,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE messages ADD COLUMN edited_at REAL;
     ALTER TABLE messages ADD COLUMN reactions TEXT;
     ALTER TABLE messages ADD COLUMN rev INTEGER;
+    ALTER TABLE messages ADD COLUMN sent_body TEXT;
     CREATE TABLE events (
         id INTEGER PRIMARY KEY,
         room_id INTEGER NOT NULL,

@@ -329,7 +329,8 @@ Retry = tuple[int, str | None, int, str]  # author id, client_id, room id, body
 
 def _stored_retries(conn: sqlite3.Connection, batch: list[Pending]) -> dict[Retry, Message]:
     """Messages already stored with the same author, client_id, room and body as one in the
-    batch (what a retry of it would be), newest of each, in one query for the whole batch."""
+    batch (what a retry of it would be; the body as it was sent, before any edit), newest of
+    each, in one query for the whole batch."""
     keys = {(i.author.id, i.client_id, i.room.id, i.body): i for i in batch if i.client_id}
     if not keys:
         return {}
@@ -338,13 +339,15 @@ def _stored_retries(conn: sqlite3.Connection, batch: list[Pending]) -> dict[Retr
     # CROSS JOIN keeps the batch as the outer loop: one index search per key, never a scan.
     for row in conn.execute(
         f"SELECT m.id, m.room_id, r.slug, m.body, m.html, m.created_at, m.user_id, m.client_id,"
-        f" m.mentions, m.edited_at, m.reactions, m.rev"
+        f" m.mentions, m.edited_at, m.reactions, m.rev, k.column4"
         f" FROM (VALUES {values}) k CROSS JOIN messages m ON m.user_id = k.column1"
-        f" AND m.client_id = k.column2 AND m.room_id = k.column3 AND m.body = k.column4"
+        f" AND m.client_id = k.column2 AND m.room_id = k.column3"
+        # As sent: an edited message keeps the body it was first sent with (migration 6).
+        f" AND (m.body = k.column4 OR m.sent_body = k.column4)"
         f" JOIN rooms r ON r.id = m.room_id ORDER BY m.id",
         [v for key in keys for v in key],
     ):
-        key = (row[6], row[7], row[1], row[3])
+        key = (row[6], row[7], row[1], row[12])
         found[key] = _message((row[0], row[1], row[2], keys[key].author.username, row[6],
                                row[3], row[4], row[5], row[7], row[8], row[9], row[10], row[11]))
     return found
