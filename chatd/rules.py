@@ -244,6 +244,7 @@ UNSPACED_CLASS = (
 )
 UNSPACED = re.compile(f"[{UNSPACED_CLASS}]")
 MAX_QUERY = 500
+MIN_PREFIX = 3
 _TERM = re.compile(r'"([^"]*)"?|(\S+)')
 _WORD = re.compile(r"\w+")
 
@@ -299,7 +300,9 @@ def parse_query(q: object) -> SearchQuery:
             words.append(" + ".join(_quote(t) for t in spaced))
         else:
             for j, t in enumerate(spaced):
-                prefix = last and j == len(spaced) - 1
+                # The last word is also a prefix, from 3 characters: a shorter one would merge
+                # the index entries of a large part of the vocabulary for every search.
+                prefix = last and j == len(spaced) - 1 and len(t) >= MIN_PREFIX
                 words.append(_quote(t) + ("*" if prefix else ""))
     return SearchQuery(" AND ".join(words) or None, " AND ".join(grams) or None, tuple(dict.fromkeys(terms)))
 
