@@ -296,7 +296,7 @@ class Live:
     def messages_json(self, messages: list[Message]) -> str:
         """A JSON array of these messages, each encoded once (one call for a whole page)."""
         cache = self._json
-        return "[" + ",".join([cache.get(m.key) or self.message_json(m) for m in messages]) + "]"
+        return "[" + ",".join([cache.get((m.id, m.rev)) or self.message_json(m) for m in messages]) + "]"
 
     def _build(self, message: Message, form: str) -> bytes:
         if form == "stream":
