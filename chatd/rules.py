@@ -272,6 +272,9 @@ def parse_query(q: object) -> SearchQuery:
         raise BadInput("type something to search for", field="q")
     if len(q) > MAX_QUERY:
         raise BadInput(f"a search is at most {MAX_QUERY} characters", field="q")
+    # Composed, as the words are split below: "e" + U+0301 would otherwise be the word "e" and a
+    # separator, where the index (accents removed) has "e" inside the word.
+    q = unicodedata.normalize("NFC", q)
     words: list[str] = []  # FTS5 phrases for the words index
     grams: list[str] = []
     terms: list[str] = []

@@ -10,6 +10,7 @@ import html
 import re
 import sqlite3
 import time
+import unicodedata
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -164,6 +165,17 @@ async def test_case_and_accents_are_ignored(chat: Chat) -> None:
     for q in ("angstrom", "ANGSTROM", "Ångström", "ångström units"):
         assert await ids(chat, alice, q) == [unit["id"]], q
     assert await ids(chat, alice, "MEET noon") == [cafe["id"]]
+
+
+async def test_decomposed_accents_match_composed_ones(chat: Chat) -> None:
+    """Text typed or pasted in NFD (a letter, then a combining accent) is the same word."""
+    alice = await chat.bearer("alice")
+    composed = await post(chat, alice, "the résumé is attached")
+    decomposed = await post(chat, alice, unicodedata.normalize("NFD", "naïve question here"))
+    assert await ids(chat, alice, unicodedata.normalize("NFD", "résumé attached")) == [composed["id"]]
+    assert await ids(chat, alice, unicodedata.normalize("NFD", "RÉSUMÉ")) == [composed["id"]]
+    assert await ids(chat, alice, "naïve question") == [decomposed["id"]]
+    assert await ids(chat, alice, "naive") == [decomposed["id"]]
 
 
 async def test_the_last_word_is_also_a_prefix(chat: Chat) -> None:
