@@ -246,7 +246,9 @@ UNSPACED = re.compile(f"[{UNSPACED_CLASS}]")
 MAX_QUERY = 500
 MIN_PREFIX = 3
 _TERM = re.compile(r'"([^"]*)"?|(\S+)')
-_WORD = re.compile(r"\w+")
+# A word: letters and digits with the accents NFC leaves apart, and the marks of unspaced
+# scripts (Thai vowels are combining marks inside a run, where \w alone would cut it).
+_WORD = re.compile(f"[\\w\u0300-\u036f{UNSPACED_CLASS}]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,19 +285,18 @@ def parse_query(q: object) -> SearchQuery:
         quoted = match.group(1) is not None
         text = match.group(1) if quoted else match.group(2)
         last = i == len(found) - 1 and not quoted
-        tokens = _WORD.findall(text)
-        spaced = [t for t in tokens if not UNSPACED.search(t)]
-        for t in tokens:
-            if UNSPACED.search(t):
-                for run in re.findall(f"[{UNSPACED_CLASS}]+", t):
-                    if len(run) >= 3:
-                        grams.append(_quote(run))
-                        terms.append(run)
-                    else:  # too short for trigrams: found as a word prefix instead
-                        words.append(_quote(run) + "*")
-                        terms.append(run)
-                rest = re.sub(f"[{UNSPACED_CLASS}]+", " ", t).split()
-                spaced.extend(rest)
+        spaced: list[str] = []
+        for token in _WORD.findall(text):
+            if not UNSPACED.search(token):
+                spaced.append(token)
+            elif len(token) >= 3:
+                # By substring, the whole run: Latin letters written inside it too ("用Python写"),
+                # which the words index holds as part of one long word.
+                grams.append(_quote(token))
+                terms.append(token)
+            else:  # too short for trigrams: found as a word prefix instead
+                words.append(_quote(token) + "*")
+                terms.append(token)
         if not spaced:
             continue
         terms.extend(spaced)

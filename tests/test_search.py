@@ -233,6 +233,14 @@ async def test_japanese_kana_is_found_by_any_run_of_three_characters(chat: Chat)
     assert await ids(chat, alice, "ました") == [mixed["id"]]
 
 
+async def test_thai_is_found_by_any_run_of_three_characters(chat: Chat) -> None:
+    """Thai is written without spaces and uses combining vowel marks inside its words."""
+    alice = await chat.bearer("alice")
+    message = await post(chat, alice, "สวัสดีครับทุกคน")
+    for q in ("สวัสดี", "วัสดี", "ครับ", "ดีคร", "ทุกคน"):
+        assert await ids(chat, alice, q) == [message["id"]], q
+
+
 async def test_unspaced_and_spaced_words_together(chat: Chat) -> None:
     alice = await chat.bearer("alice")
     both = await post(chat, alice, f"release: {CJK} (v2)")
@@ -245,6 +253,17 @@ async def test_unspaced_and_spaced_words_together(chat: Chat) -> None:
     snippet = (await results(chat, alice, "release 部署新"))[0]["snippet"]
     assert unmarked(snippet) == f"release: {CJK} (v2)"
     assert "release" in marked(snippet), snippet
+
+
+async def test_scripts_mixed_inside_one_word_are_found_as_written(chat: Chat) -> None:
+    """Chinese writers put Latin words inside their unspaced text: "用Python写" is one run."""
+    alice = await chat.bearer("alice")
+    code = await post(chat, alice, "我喜欢用Python写代码")
+    version = await post(chat, alice, "明天部署v2版本")
+    for q in ("用Python写", "python写代码", "我喜欢用Python"):
+        assert await ids(chat, alice, q) == [code["id"]], q
+    for q in ("部署v2版本", "v2版本", "明天部署v2"):
+        assert await ids(chat, alice, q) == [version["id"]], q
 
 
 async def test_query_syntax_is_only_text(chat: Chat) -> None:
