@@ -288,7 +288,8 @@ def parse_query(q: object) -> SearchQuery:
         spaced: list[str] = []
         for token in _WORD.findall(text):
             if not UNSPACED.search(token):
-                spaced.append(token)
+                if any(ch.isalnum() for ch in token):  # "_" alone: no word to the index, it would match nothing
+                    spaced.append(token)
             elif len(token) >= 3:
                 # By substring, the whole run: Latin letters written inside it too ("用Python写"),
                 # which the words index holds as part of one long word.

@@ -266,6 +266,17 @@ async def test_scripts_mixed_inside_one_word_are_found_as_written(chat: Chat) ->
         assert await ids(chat, alice, q) == [version["id"]], q
 
 
+async def test_punctuation_only_words_are_ignored(chat: Chat) -> None:
+    """A "word" the index has no letters for ("_", "-", "…") neither matches nor blocks a match."""
+    alice = await chat.bearer("alice")
+    message = await post(chat, alice, "deploy the server")
+    for q in ("deploy _ server", "deploy __ server", "deploy - server", "deploy … server", "deploy server _"):
+        assert await ids(chat, alice, q) == [message["id"]], q
+    snake = await post(chat, alice, "call snake_case_name now")
+    assert await ids(chat, alice, "snake_case") == [snake["id"]]
+    assert await ids(chat, alice, "_") == []
+
+
 async def test_query_syntax_is_only_text(chat: Chat) -> None:
     """FTS5's operators are words like any other: OR, NOT and NEAR must be in the message."""
     alice = await chat.bearer("alice")
