@@ -262,6 +262,7 @@ class SearchQuery:
     words: str | None
     grams: str | None
     terms: tuple[str, ...]  # what was searched for, for the results page
+    runs: tuple[str, ...] = ()  # the text searched by substring (grams), to mark in snippets
 
 
 def parse_query(q: object) -> SearchQuery:
@@ -279,6 +280,7 @@ def parse_query(q: object) -> SearchQuery:
     q = unicodedata.normalize("NFC", q)
     words: list[str] = []  # FTS5 phrases for the words index
     grams: list[str] = []
+    runs: list[str] = []
     terms: list[str] = []
     found = list(_TERM.finditer(q))
     for i, match in enumerate(found):
@@ -294,6 +296,7 @@ def parse_query(q: object) -> SearchQuery:
                 # By substring, the whole run: Latin letters written inside it too ("用Python写"),
                 # which the words index holds as part of one long word.
                 grams.append(_quote(token))
+                runs.append(token)
                 terms.append(token)
             else:  # too short for trigrams: found as a word prefix instead
                 words.append(_quote(token) + "*")
@@ -309,7 +312,8 @@ def parse_query(q: object) -> SearchQuery:
                 # the index entries of a large part of the vocabulary for every search.
                 prefix = last and j == len(spaced) - 1 and len(t) >= MIN_PREFIX
                 words.append(_quote(t) + ("*" if prefix else ""))
-    return SearchQuery(" AND ".join(words) or None, " AND ".join(grams) or None, tuple(dict.fromkeys(terms)))
+    return SearchQuery(" AND ".join(words) or None, " AND ".join(grams) or None, tuple(dict.fromkeys(terms)),
+                       tuple(dict.fromkeys(runs)))
 
 
 def _quote(token: str) -> str:

@@ -252,7 +252,18 @@ async def test_unspaced_and_spaced_words_together(chat: Chat) -> None:
     assert await ids(chat, alice, "明天部署 releases") == []
     snippet = (await results(chat, alice, "release 部署新"))[0]["snippet"]
     assert unmarked(snippet) == f"release: {CJK} (v2)"
-    assert "release" in marked(snippet), snippet
+    assert marked(snippet) == ["release", "部署新"], snippet
+    # Overlapping runs are one hit; runs match in any case, as the index does.
+    snippet = (await results(chat, alice, "明天部 天部署 release"))[0]["snippet"]
+    assert marked(snippet) == ["release", "明天部署"], snippet
+    code = await post(chat, alice, "用Python写代码 release")
+    [result] = await results(chat, alice, "用python写 RELEASE")
+    assert result["message"]["id"] == code["id"]
+    assert marked(result["snippet"]) == ["用Python写", "release"], result["snippet"]
+    # A run inside a word already marked is not marked twice.
+    await post(chat, alice, "明天部署新版本")
+    [result] = await results(chat, alice, "明天 部署新")
+    assert result["snippet"] == "<mark>明天部署新版本</mark>"
 
 
 async def test_scripts_mixed_inside_one_word_are_found_as_written(chat: Chat) -> None:

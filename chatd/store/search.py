@@ -10,7 +10,9 @@ first, read off the index in descending rowid order, so a common word stops at t
 from __future__ import annotations
 
 import html
+import itertools
 import json
+import re
 import sqlite3
 
 from chatd.models import Message
@@ -50,7 +52,9 @@ class SearchStore(StoreBase):
             ids = [h[0] for h in hits]
             rows = {m.id: m for m in _messages(conn.execute(
                 f"{_MESSAGE} WHERE m.id IN ({','.join('?' * len(ids))})", ids).fetchall())}
-            return [(rows[i], _snippet_html(s)) for i, s in hits if i in rows]
+            # A snippet of the words index marks only the words: mark the substrings found too.
+            runs = query.runs if query.words is not None and query.grams is not None else ()
+            return [(rows[i], _snippet_html(_mark_runs(s, runs) if runs else s)) for i, s in hits if i in rows]
 
         return await self._reader.run(op)
 
@@ -58,3 +62,20 @@ class SearchStore(StoreBase):
 def _snippet_html(snippet: str) -> str:
     """FTS5's snippet, escaped, with its hit markers as <mark>."""
     return html.escape(snippet, quote=False).replace(_OPEN, "<mark>").replace(_CLOSE, "</mark>")
+
+
+def _mark_runs(snippet: str, runs: tuple[str, ...]) -> str:
+    """Hit markers around every occurrence of these runs (the trigram index matches them in any
+    case, overlapping ones too), outside the markers the snippet already has."""
+    finders = [re.compile(f"(?=({re.escape(run)}))", re.IGNORECASE) for run in runs]
+    parts = []
+    for part in re.split(f"({_OPEN}[^{_CLOSE}]*{_CLOSE})", snippet):
+        hit = [False] * len(part)
+        if not part.startswith(_OPEN):
+            for finder in finders:
+                for match in finder.finditer(part):
+                    hit[match.start():match.end(1)] = [True] * len(match.group(1))
+        for marked, chars in itertools.groupby(zip(part, hit, strict=True), key=lambda pair: pair[1]):
+            text = "".join(ch for ch, _ in chars)
+            parts.append(f"{_OPEN}{text}{_CLOSE}" if marked else text)
+    return "".join(parts)
