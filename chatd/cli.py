@@ -290,6 +290,18 @@ def backup(dest: Path, db: Path | None) -> None:
     click.echo(f"Backup written to {dest}.", err=True)
 
 
+@main.command()
+@db_option
+def reindex(db: Path | None) -> None:
+    """Rebuild the search indexes from the messages (safe while the server runs; posts wait)."""
+
+    async def op(accounts: Accounts, store: Store) -> int:
+        return await store.reindex()
+
+    count = with_accounts(db, op)
+    click.echo(f"Search indexes rebuilt: {count} messages.", err=True)
+
+
 # -- rooms -----------------------------------------------------------------------------------
 
 

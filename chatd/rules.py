@@ -244,7 +244,7 @@ UNSPACED_CLASS = (
 )
 UNSPACED = re.compile(f"[{UNSPACED_CLASS}]")
 MAX_QUERY = 500
-MIN_PREFIX = 3
+MIN_PREFIX = 2
 _TERM = re.compile(r'"([^"]*)"?|(\S+)')
 # A word: letters and digits with the accents NFC leaves apart, and the marks of unspaced
 # scripts (Thai vowels are combining marks inside a run, where \w alone would cut it).
@@ -308,7 +308,7 @@ def parse_query(q: object) -> SearchQuery:
             words.append(" + ".join(_quote(t) for t in spaced))
         else:
             for j, t in enumerate(spaced):
-                # The last word is also a prefix, from 3 characters: a shorter one would merge
+                # The last word is also a prefix, from 2 characters: one letter would merge
                 # the index entries of a large part of the vocabulary for every search.
                 prefix = last and j == len(spaced) - 1 and len(t) >= MIN_PREFIX
                 words.append(_quote(t) + ("*" if prefix else ""))

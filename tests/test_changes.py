@@ -161,7 +161,7 @@ async def test_private_room_messages_are_404_to_others(chat: Chat) -> None:
         ("GET", f"/api/v1/rooms/general/messages?around={m['id']}", {}),
     ):
         await call(chat, method, path, bob, 404, **kw)
-    await call(chat, "GET", "/api/v1/messages/abc", bob, 400)
+    await call(chat, "GET", "/api/v1/messages/abc", bob, 404)
 
 
 async def test_around(chat: Chat) -> None:

@@ -183,8 +183,9 @@ async def test_the_last_word_is_also_a_prefix(chat: Chat) -> None:
     deploy = await post(chat, alice, "we deploy on friday")
     assert await ids(chat, alice, "deplo") == [deploy["id"]]
     assert await ids(chat, alice, "dep") == [deploy["id"]]
-    # From 3 characters (README): a shorter last word is a whole word.
-    assert await ids(chat, alice, "de") == []
+    assert await ids(chat, alice, "de") == [deploy["id"]]
+    # From 2 characters (README): a one-letter last word is a whole word.
+    assert await ids(chat, alice, "d") == []
     assert await ids(chat, alice, "on") == [deploy["id"]]
     assert await ids(chat, alice, "friday deplo") == [deploy["id"]]
     assert await ids(chat, alice, "deploy fri") == [deploy["id"]]
@@ -205,7 +206,8 @@ async def test_quoted_words_match_as_a_phrase(chat: Chat) -> None:
     assert await ids(chat, alice, '"NEW Version"') == [forward["id"]]
     assert await ids(chat, alice, "new version") == [apart["id"], backward["id"], forward["id"]]
     # A phrase and words together; the word after the phrase is a prefix.
-    assert await ids(chat, alice, '"new version" ou') == []
+    assert await ids(chat, alice, '"new version" o') == []  # one letter: a whole word only
+    assert await ids(chat, alice, '"new version" ou') == [forward["id"]]
     assert await ids(chat, alice, '"new version" out') == [forward["id"]]
     assert await ids(chat, alice, 'better "new version"') == []
 
@@ -818,3 +820,22 @@ async def test_migration_6_indexes_messages_stored_before_it(tmp_path: Path, mak
     new = await post(chat, headers, "a new deploy")
     assert await ids(chat, headers, "deploy") == [new["id"], 1]
     check_indexes_match_messages(db)
+
+
+def test_reindex_rebuilds_a_damaged_index(tmp_path: Path) -> None:
+    """`chatd reindex` puts back what a hand-made change took out of either index."""
+    db = tmp_path / "chatd.db"
+    assert run_cli("users", db=db).returncode == 0  # creates and migrates the file
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO users (id, username, password_hash, created_at) VALUES (7, 'ann', 'x', 0)")
+        conn.execute("DROP TRIGGER search_insert")  # rows written as a hand-made change would
+        conn.execute("INSERT INTO messages (id, room_id, user_id, body, html, created_at, seq)"
+                     " VALUES (1, 1, 7, 'hand made 手工制作', 'x', 0, 1)")
+    with sqlite3.connect(db) as conn:
+        assert not conn.execute("SELECT rowid FROM search_words WHERE search_words MATCH 'hand'").fetchall()
+    done = run_cli("reindex", db=db)
+    assert done.returncode == 0 and "1 messages" in done.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT rowid FROM search_words WHERE search_words MATCH 'hand'").fetchall() == [(1,)]
+        assert conn.execute("SELECT rowid FROM search_grams WHERE search_grams MATCH '手工制'").fetchall() == [(1,)]
+        conn.execute("INSERT INTO search_words (search_words, rank) VALUES ('integrity-check', 1)")

@@ -285,7 +285,10 @@ class Chat:
     def message_for(self, user: User, message_id: object) -> tuple[Room, Message]:
         """The only way to a stored message: NotFound unless this user may read its room now
         (a deleted message, or one of a room they cannot read, is the same 404)."""
-        mid = parse_int(message_id, "message id", default=None, low=0)
+        try:
+            mid = parse_int(message_id, "message id", default=None, low=0)
+        except BadInput:
+            mid = None  # /m/abc: no such message, as for any id that is not one
         if mid is None:
             raise NotFound("no such message")
         self.live.ensure_current()

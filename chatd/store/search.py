@@ -18,7 +18,9 @@ import sqlite3
 from chatd.models import Message
 from chatd.rules import SearchQuery
 from chatd.store.base import StoreBase
+from chatd.store.db import transaction
 from chatd.store.rows import _MESSAGE, _messages
+from chatd.store.schema import UNSPACED_GLOB
 
 SNIPPET_TOKENS = 16
 _OPEN, _CLOSE = "\x02", "\x03"  # bodies never hold control characters (rules.check_body)
@@ -57,6 +59,21 @@ class SearchStore(StoreBase):
             return [(rows[i], _snippet_html(_mark_runs(s, runs) if runs else s)) for i, s in hits if i in rows]
 
         return await self._reader.run(op)
+
+
+    async def reindex(self) -> int:
+        """Build both search indexes again from the messages, in one transaction (the triggers
+        keep them in step; this is for a file changed by hand). Returns the messages indexed."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            with transaction(conn):
+                conn.execute("INSERT INTO search_words (search_words) VALUES ('rebuild')")
+                conn.execute("INSERT INTO search_grams (search_grams) VALUES ('delete-all')")
+                conn.execute("INSERT INTO search_grams (rowid, body) SELECT id, body FROM messages"
+                             " WHERE body GLOB ?", (UNSPACED_GLOB,))
+                return conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+
+        return await self._writer.run(op)
 
 
 def _snippet_html(snippet: str) -> str:
