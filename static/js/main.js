@@ -7,6 +7,7 @@ import * as frames from "./frames.js";
 import * as connection from "./connection.js";
 import * as composer from "./composer.js";
 import * as arrange from "./arrange.js";
+import * as changes from "./changes.js";
 import * as unread from "./unread.js";
 import * as scrollback from "./scrollback.js";
 import * as typing from "./typing.js";
@@ -15,7 +16,7 @@ import * as notifications from "./notifications.js";
 import * as access from "./access.js";
 import * as keyboard from "./keyboard.js";
 
-for (const piece of [frames, connection, composer, arrange, unread, scrollback, typing, sidebar,
+for (const piece of [frames, connection, composer, arrange, changes, unread, scrollback, typing, sidebar,
   notifications, access, keyboard]) {
   piece.init();
 }
