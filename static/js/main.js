@@ -14,9 +14,12 @@ import * as typing from "./typing.js";
 import * as sidebar from "./sidebar.js";
 import * as notifications from "./notifications.js";
 import * as access from "./access.js";
+import * as reactions from "./reactions.js";
+import * as editor from "./editor.js";
+import * as actions from "./actions.js";
 import * as keyboard from "./keyboard.js";
 
-for (const piece of [frames, connection, composer, arrange, changes, unread, scrollback, typing, sidebar,
-  notifications, access, keyboard]) {
+for (const piece of [frames, connection, composer, arrange, changes, unread, scrollback, typing,
+  sidebar, notifications, access, reactions, editor, actions, keyboard]) {
   piece.init();
 }
