@@ -1,8 +1,8 @@
 // The keyboard: the message list is one Tab stop, walked with ↑/↓ (Home/End for the first
 // and last loaded), and the links in a message are Tab stops only while it has the focus;
 // Escape goes back to the composer from the list and closes the room menu; the skip link
-// lands in the composer. Keys typed in a field inside the list (a message being edited, the
-// reaction picker) are the field's.
+// lands in the composer; / anywhere but in a text field goes to the search box. Keys typed in a
+// field inside the list (a message being edited, the reaction picker) are the field's.
 import { $, log, messages, on, textarea } from "./page.js";
 
 const LINKS = "a[href], button";
@@ -15,6 +15,15 @@ const quiet = (nodes) => {
 
 const roomMenu = $("room-menu");
 const inField = (el) => Boolean(el.closest?.("input, textarea, select, [contenteditable=true]"));
+
+/** "/": the search box in the header, or on a phone (where it is an icon) the search page. */
+function toSearch(e) {
+  if (e.key !== "/" || e.ctrlKey || e.metaKey || e.altKey || e.defaultPrevented || inField(e.target)) return;
+  e.preventDefault();
+  const box = $("search-box");
+  if (box && box.offsetParent !== null) box.focus();
+  else location.assign("/search");
+}
 
 function moveIn(e) {
   const all = [...messages.querySelectorAll(".msg")];
@@ -37,6 +46,7 @@ export function init() {
     if (e.key === "Escape") { e.preventDefault(); textarea.focus(); return; }
     moveIn(e);
   });
+  document.addEventListener("keydown", toSearch);
   document.addEventListener("keydown", (e) => {
     if (e.key === "Escape" && roomMenu.open) {
       roomMenu.open = false;
