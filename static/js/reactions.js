@@ -13,6 +13,11 @@ const picks = [...picker.querySelectorAll(".picks button")];
 let opener = null;  // where the focus goes back when the picker closes
 const busy = new Set();  // "id emoji" being sent: a double click is one toggle
 
+// The API takes a reaction back at /reactions/{emoji}, and a URL resolves a segment "." or ".."
+// (even encoded, %2E%2E) away: /reactions/.. would be the message itself. Such a reaction is not
+// added from here, nor sent to be taken back.
+const unsendable = (emoji) => emoji === "." || emoji === "..";
+const NOT_HERE = "A reaction of only dots cannot be taken back from a browser, so it cannot be added here.";
 const usersOf = (button) => (button.dataset.users || "").split(" ");
 const mineIn = (msg, emoji) => [...msg.querySelectorAll(".reactions .reaction")]
   .some((b) => b.dataset.emoji === emoji && usersOf(b).includes(me));
@@ -32,10 +37,12 @@ export async function react(msg, emoji, add = false) {
   const id = msg.dataset.id;
   const key = `${id} ${emoji}`;
   if (!id || busy.has(key)) return;
+  if (unsendable(emoji)) { showNotice(NOT_HERE); return; }
+  const remove = !add && mineIn(msg, emoji);
   busy.add(key);
   const path = `/api/v1/messages/${id}/reactions`;
   try {
-    if (!add && mineIn(msg, emoji)) await call("DELETE", `${path}/${encodeURIComponent(emoji)}`);
+    if (remove) await call("DELETE", `${path}/${encodeURIComponent(emoji)}`);
     else await call("POST", path, { emoji });
   } catch (e) {
     showNotice(e.message);
