@@ -7,6 +7,11 @@ The same setup as test_browser.py: the real `chatd serve`, Debian's Chromium thr
 Playwright, alice and bob each in their own browser context, waiting expectations only (no
 timed assertion), and a console that stays clean (site.watch: console errors and warnings,
 page errors, CSP violations, HTTP errors).
+
+A reaction that is only "." or ".." cannot be taken back from a browser: the API's address for
+it, /api/v1/messages/{id}/reactions/{emoji}, is resolved by every URL parser (%2E%2E too) to
+the message's own address, so the page refuses to add one rather than offer a toggle that would
+send DELETE /api/v1/messages/{id}.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import test_contrast
 from test_browser import MESSAGES, Site, browser, ids_on, make_site, site  # noqa: F401  (fixtures)
 from test_browser_view import forgive_the_outage
 
-from browser_helpers import axe_violations, message_id, send, wait_online, wait_until
+from browser_helpers import axe_violations, message_by_text, message_id, send, wait_online, wait_until
+from conftest import PASSWORD, run_cli
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
 expect = sync_api.expect
@@ -89,6 +95,19 @@ def test_an_edit_from_the_toolbar_shows_live_in_both_tabs_and_up_edits_ones_last
     expect(alice.locator(f"#message-{mid} .editor")).to_have_count(0)
     assert patches == []
 
+    # The open editor, like the rest of the page, passes axe.
+    composer.click()
+    composer.press("ArrowUp")
+    expect(box).to_be_focused()
+    assert axe_violations(alice) == []
+    box.press("Escape")
+
+    # Copy link: the permalink goes to the clipboard, and a notice says so.
+    alice.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    toolbar_button(alice, mid, "Copy link to message").click()
+    expect(alice.locator("#notice")).to_have_text("Link copied")
+    assert alice.evaluate("navigator.clipboard.readText()") == f"{site.url}/m/{mid}"
+
     # bob may not edit or delete alice's message: neither button is offered, nor the keys.
     bob_msg = bob.locator(f"#message-{mid}")
     toolbar_button(bob, mid, "Add a reaction").wait_for()
@@ -142,6 +161,19 @@ def test_a_deletion_asks_once_and_takes_the_message_out_of_both_tabs(site: Site)
     for page in (alice, bob):
         expect(page.locator(MESSAGES)).to_have_count(0)
         expect(page.locator("#messages .day")).to_have_count(0)
+
+    # An administrator may delete anyone's message (and edit only their own).
+    result = run_cli("adduser", "root", "--admin", "--password-stdin", db=site.db, stdin=PASSWORD + "\n")
+    assert result.returncode == 0, result.stderr
+    send(bob, "a message by bob")
+    by_bob = message_id(alice, "a message by bob", author="bob")
+    root = site.page("root")
+    expect(toolbar_button(root, by_bob, "Delete message")).to_be_visible()
+    expect(root.locator(f"#message-{by_bob}").get_by_role("button", name="Edit message")).to_be_hidden()
+    root.once("dialog", lambda dialog: dialog.accept())
+    toolbar_button(root, by_bob, "Delete message").click()
+    for page in (alice, bob, root):
+        expect(page.locator(f"#message-{by_bob}")).to_have_count(0)
     for page in (alice, bob):
         assert navigations(page) == 1
     assert site.watch.problems == []
@@ -165,6 +197,7 @@ def test_reactions_from_the_picker_and_the_pills_show_in_both_tabs_with_ones_own
     bob.locator(f"#message-{mid}").focus()
     bob.keyboard.press("r")
     expect(picker).to_be_visible()
+    assert axe_violations(bob) == []
     custom = picker.get_by_role("textbox", name=re.compile("Any reaction"))
     expect(custom).to_have_attribute("maxlength", "16")
     custom.fill("ship it")
@@ -192,6 +225,16 @@ def test_reactions_from_the_picker_and_the_pills_show_in_both_tabs_with_ones_own
         expect(reaction(page, mid, "ship it")).to_have_count(0)
     expect(reaction(bob, mid, "👍")).to_have_attribute("aria-pressed", "false")
     expect(reaction(alice, mid, "👍")).to_have_attribute("aria-pressed", "true")
+
+    # Only dots would not do: /reactions/.. is resolved to the message itself by any URL parser,
+    # so such a reaction could never be taken back from a browser (see the module's docstring).
+    bob.locator(f"#message-{mid}").focus()
+    bob.keyboard.press("r")
+    custom.fill("..")
+    custom.press("Enter")
+    expect(bob.locator("#notice")).to_contain_text("cannot be taken back")
+    expect(reaction(bob, mid, "..")).to_have_count(0)
+    expect(bob.locator(f"#message-{mid} .body")).to_have_text("shall we ship the release?")
 
     # Escape closes the picker and the focus goes back to the message.
     bob.locator(f"#message-{mid}").focus()
@@ -242,8 +285,15 @@ def test_a_permalink_opens_at_its_message_and_scrolling_down_loads_up_to_the_new
     assert posted[-1] not in ids_on(bob)
 
     # Messages posted while the page stops short come with the newer pages, not below this one.
+    frames: list[str] = []
+    bob.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(str(payload))))
+    bob.reload()  # (a socket opened after the listener)
+    wait_online(bob)
     live = [api.post_message("general", f"posted while bob reads the past {n}")["id"] for n in range(2)]
-    wait_until(lambda: bob.locator("#held").count() == 1 and max(ids_on(bob)) < posted[-1], "nothing shown early")
+    # (Playwright hands events over while it is called: the evaluate lets them in.)
+    wait_until(lambda: bob.evaluate("1") and any(f'id="message-{live[-1]}"' in f for f in frames),
+               "the live message on bob's socket")
+    assert max(ids_on(bob)) < posted[-1], "a live message shown below a page far back"
 
     def at_newest() -> bool:
         bob.evaluate("document.getElementById('scroller').scrollTop = 1e9")
@@ -258,7 +308,16 @@ def test_a_permalink_opens_at_its_message_and_scrolling_down_loads_up_to_the_new
     after = api.post_message("general", "now live again")["id"]
     expect(bob.locator(f"#message-{after}")).to_have_count(1)
     assert ids_on(bob)[-1] == after
-    assert navigations(bob) == 1
+    assert navigations(bob) == 1  # since the reload above
+
+    # Writing from a page far back takes it to the newest messages, where the message is.
+    bob.goto(f"/m/{posted[5]}")
+    wait_online(bob)
+    expect(bob.locator("#later")).to_be_attached()
+    with bob.expect_navigation(url=re.compile(r"/r/general$")):
+        send(bob, "replying from the past")
+    wait_online(bob)
+    expect(message_by_text(bob, "replying from the past", "bob")).to_have_count(1)
     assert site.watch.problems == []
 
 
@@ -343,3 +402,33 @@ def test_changes_made_while_a_tab_was_offline_show_after_it_reconnects(site: Sit
     assert navigations(bob) == 1
     forgive_the_outage(site)
     assert site.watch.problems == []
+
+
+# -- colours ----------------------------------------------------------------------------------------
+
+# What the new parts of a message put together, as tests/test_contrast.py checks the rest: the
+# reactions' text and borders on every kind of message, the pressed one, the "(edited)" mark,
+# a permalink's message and a search hit.
+CHANGE_PAIRS = [
+    ("reaction text", "fg", "panel", test_contrast.TEXT),
+    ("pressed reaction text", "fg", ("accent", 0.14, "panel"), test_contrast.TEXT),
+    ("pressed reaction count", "accent", ("accent", 0.14, "panel"), test_contrast.TEXT),
+    *[(f"reaction and toolbar border on {bg}", "pill-line", bg, test_contrast.NON_TEXT)
+      for bg in ("panel", "bg", "mine", "mention")],
+    *[(f"pressed reaction border on {bg}", "accent", bg, test_contrast.NON_TEXT)
+      for bg in ("panel", "mine", "mention")],
+    ("pressed reaction border on its pill", "accent", ("accent", 0.14, "panel"), test_contrast.NON_TEXT),
+    *[(f"(edited) on {bg}", "muted", bg, test_contrast.TEXT) for bg in ("panel", "mine", "mention")],
+    *[(f"{fg} on a permalink's message", fg, "current", test_contrast.TEXT) for fg in ("fg", "muted", "accent")],
+    ("a permalink's mark on its message", "accent", "current", test_contrast.NON_TEXT),
+    ("a search hit", "fg", "mention", test_contrast.TEXT),
+]
+
+
+@pytest.mark.parametrize("pair", CHANGE_PAIRS, ids=[p[0] for p in CHANGE_PAIRS])
+def test_the_colours_of_changing_messages_meet_wcag_contrast_in_light_and_dark(pair: tuple) -> None:
+    what, fg, bg, minimum = pair
+    schemes = test_contrast.custom_properties(test_contrast.CSS.read_text())
+    for name, scheme in schemes.items():
+        got = test_contrast.ratio(test_contrast.resolve(fg, scheme), test_contrast.resolve(bg, scheme))
+        assert got >= minimum, f"{what} in {name}: {got:.2f}, need {minimum}"
