@@ -248,6 +248,43 @@ def test_reactions_from_the_picker_and_the_pills_show_in_both_tabs_with_ones_own
     assert site.watch.problems == []
 
 
+# -- the reader's place -----------------------------------------------------------------------------
+
+FIRST_ON_SCREEN = """() => {
+  const box = document.getElementById('scroller').getBoundingClientRect();
+  const m = [...document.querySelectorAll('#messages .msg[data-id]')].find((el) => el.getBoundingClientRect().bottom > box.top + 1);
+  return [m.id, m.getBoundingClientRect().top];
+}"""
+AT_END = "() => { const s = document.getElementById('scroller'); return s.scrollHeight - s.scrollTop - s.clientHeight < 40; }"
+
+
+def test_changes_above_and_below_keep_the_readers_place_and_the_end_stays_the_end(make_site) -> None:  # noqa: F811
+    site = make_site(env=FAST)
+    api = site.api("alice")
+    posted = [api.post_message("general", f"line {n}")["id"] for n in range(1, 41)]
+    assert site.api("bob").call("POST", "/api/v1/rooms/general/read", {"message_id": posted[-1]})[0] == 204
+    bob = site.page("bob", viewport={"width": 1000, "height": 600})
+    expect(bob.locator(f"#message-{posted[-1]}")).to_be_attached()
+    assert bob.evaluate(AT_END)
+    # Stuck to the end: the last message growing keeps the reader at the end.
+    long = "\n".join(f"now much longer, line {n}" for n in range(8))
+    assert api.call("PATCH", f"/api/v1/messages/{posted[-1]}", {"body": long})[0] == 200
+    expect(bob.locator(f"#message-{posted[-1]} .edited")).to_be_visible()
+    assert bob.evaluate(AT_END)
+    # Scrolled up: changes above what is on screen move nothing on screen.
+    bob.evaluate("document.getElementById('message-%d').scrollIntoView({block: 'start'})" % posted[20])
+    before = bob.evaluate(FIRST_ON_SCREEN)
+    assert api.call("PATCH", f"/api/v1/messages/{posted[3]}", {"body": long})[0] == 200
+    assert api.call("POST", f"/api/v1/messages/{posted[5]}/reactions", {"emoji": "👀"})[0] == 200
+    assert api.call("DELETE", f"/api/v1/messages/{posted[7]}")[0] == 204
+    expect(bob.locator(f"#message-{posted[7]}")).to_have_count(0)
+    expect(bob.locator(f"#message-{posted[3]} .edited")).to_be_attached()
+    expect(reaction(bob, posted[5], "👀")).to_be_attached()
+    after = bob.evaluate(FIRST_ON_SCREEN)
+    assert after[0] == before[0] and abs(after[1] - before[1]) < 2, (before, after)
+    assert not bob.evaluate(AT_END)
+    assert site.watch.problems == []
+
 # -- a permalink far back ---------------------------------------------------------------------------
 
 
