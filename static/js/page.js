@@ -58,7 +58,8 @@ export const view = {
   /** Change the list without moving what the reader sees: a reader stuck to the end stays there
    * (unless `follow` is false), any other keeps the first message on screen where it is. */
   keep(change, { skip = null, follow = true } = {}) {
-    if (follow && view.stick) { change(); view.toEnd(); return; }
+    // Asked of the layout, not of `stick`: the scroll event that updates it may still be on its way.
+    if (follow && view.atEnd()) { change(); view.toEnd(); return; }
     const before = view.anchor(skip);
     change();
     if (before?.el.isConnected) scroller.scrollTop += before.el.getBoundingClientRect().top - before.top;
