@@ -17,12 +17,11 @@ send DELETE /api/v1/messages/{id}.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 import test_contrast
-from test_browser import MESSAGES, Site, browser, ids_on, make_site, site  # noqa: F401  (fixtures)
+from test_browser import MESSAGES, Site, browser, ids_on, make_site  # noqa: F401  (fixtures)
 from test_browser_view import forgive_the_outage
 
 from browser_helpers import axe_violations, message_by_text, message_id, send, wait_online, wait_until
@@ -33,6 +32,11 @@ expect = sync_api.expect
 pytestmark = pytest.mark.browser
 
 FAST = {"CHATD_MESSAGES_PER_SECOND": "1000", "CHATD_MESSAGE_BURST": "1000"}
+
+
+@pytest.fixture
+def site(make_site) -> Site:  # noqa: F811
+    return make_site()
 
 
 def reaction(page: Any, mid: int, emoji: str) -> Any:
@@ -252,10 +256,14 @@ def test_reactions_from_the_picker_and_the_pills_show_in_both_tabs_with_ones_own
 
 FIRST_ON_SCREEN = """() => {
   const box = document.getElementById('scroller').getBoundingClientRect();
-  const m = [...document.querySelectorAll('#messages .msg[data-id]')].find((el) => el.getBoundingClientRect().bottom > box.top + 1);
+  const m = [...document.querySelectorAll('#messages .msg[data-id]')]
+    .find((el) => el.getBoundingClientRect().bottom > box.top + 1);
   return [m.id, m.getBoundingClientRect().top];
 }"""
-AT_END = "() => { const s = document.getElementById('scroller'); return s.scrollHeight - s.scrollTop - s.clientHeight < 40; }"
+AT_END = """() => {
+  const s = document.getElementById('scroller');
+  return s.scrollHeight - s.scrollTop - s.clientHeight < 40;
+}"""
 
 
 def test_changes_above_and_below_keep_the_readers_place_and_the_end_stays_the_end(make_site) -> None:  # noqa: F811
@@ -272,7 +280,7 @@ def test_changes_above_and_below_keep_the_readers_place_and_the_end_stays_the_en
     expect(bob.locator(f"#message-{posted[-1]} .edited")).to_be_visible()
     assert bob.evaluate(AT_END)
     # Scrolled up: changes above what is on screen move nothing on screen.
-    bob.evaluate("document.getElementById('message-%d').scrollIntoView({block: 'start'})" % posted[20])
+    bob.evaluate("(id) => document.getElementById('message-' + id).scrollIntoView({block: 'start'})", posted[20])
     before = bob.evaluate(FIRST_ON_SCREEN)
     assert api.call("PATCH", f"/api/v1/messages/{posted[3]}", {"body": long})[0] == 200
     assert api.call("POST", f"/api/v1/messages/{posted[5]}/reactions", {"emoji": "👀"})[0] == 200
