@@ -2,7 +2,8 @@
 // on hover and for screen readers), a separator at each new day ("Today", "Yesterday", then
 // the date in the reader's locale), and a run of messages by one author within a few minutes
 // drawn under one header. Runs over the messages just added, whether a page, an older page or
-// one live message; the server's markup stays as it is apart from a class and a separator.
+// one live message; the server's markup stays as it is apart from a class and a separator. A
+// message redrawn in place is arranged again, and one taken out leaves no empty day behind.
 import { earlier, log, messages, on } from "./page.js";
 
 const GROUP_MS = 5 * 60 * 1000;
@@ -101,6 +102,24 @@ export function arrange(nodes) {
   const last = nodes[nodes.length - 1];
   if (!last) return;
   const next = nextMessage(last);
+  if (next) arrangeOne(next);
+}
+
+/** Take a message out of the list: its day's separator goes too when no message of that day is
+ * left under it, the unread line moves down to the next message, and that one is grouped anew. */
+export function detach(msg) {
+  const next = nextMessage(msg);
+  let sep = msg.previousElementSibling;
+  const line = sep?.classList.contains("unread-line") ? sep : null;
+  if (line) sep = line.previousElementSibling;
+  msg.remove();
+  if (line) next ? next.before(line) : line.remove();
+  if (sep?.classList.contains("day")) {
+    let below = sep.nextElementSibling;
+    if (below?.classList.contains("unread-line")) below = below.nextElementSibling;
+    const sameDay = below?.classList.contains("msg") && dayKey(stampOf(below)) === sep.dataset.day;
+    if (!sameDay) sep.remove();
+  }
   if (next) arrangeOne(next);
 }
 

@@ -1,7 +1,8 @@
 // The connection: a badge in the sidebar, a banner over the conversation while it is down
 // (visible on a phone with the drawer closed), one announcement per change, and the
-// catch-up on reconnect (the server replays what this tab missed after its newest message).
-import { $, announce, body, emit, lastId, on } from "./page.js";
+// catch-up on reconnect (the server replays what this tab missed after the newest message or
+// change it saw: new messages, and edits, reactions and deletions of older ones).
+import { $, announce, body, emit, lastSeen, on } from "./page.js";
 
 const badge = $("conn-state");
 const banner = $("conn-banner");
@@ -35,7 +36,7 @@ export function init() {
   document.addEventListener("htmx:ws:before:connection", (e) => {
     const connection = e.detail.connection;
     const url = new URL(connection.url);
-    url.searchParams.set("since", String(lastId()));
+    url.searchParams.set("since", String(lastSeen()));
     connection.url = url.toString();
     set("connecting", everOnline ? "reconnecting…" : "connecting…");
   });

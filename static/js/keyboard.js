@@ -1,7 +1,8 @@
 // The keyboard: the message list is one Tab stop, walked with ↑/↓ (Home/End for the first
 // and last loaded), and the links in a message are Tab stops only while it has the focus;
 // Escape goes back to the composer from the list and closes the room menu; the skip link
-// lands in the composer.
+// lands in the composer; / anywhere but in a text field goes to the search box. Keys typed in a
+// field inside the list (a message being edited, the reaction picker) are the field's.
 import { $, log, messages, on, textarea } from "./page.js";
 
 const LINKS = "a[href], button";
@@ -13,6 +14,16 @@ const quiet = (nodes) => {
 };
 
 const roomMenu = $("room-menu");
+const inField = (el) => Boolean(el.closest?.("input, textarea, select, [contenteditable=true]"));
+
+/** "/": the search box in the header, or on a phone (where it is an icon) the search page. */
+function toSearch(e) {
+  if (e.key !== "/" || e.ctrlKey || e.metaKey || e.altKey || e.defaultPrevented || inField(e.target)) return;
+  e.preventDefault();
+  const box = $("search-box");
+  if (box && box.offsetParent !== null) box.focus();
+  else location.assign("/search");
+}
 
 function moveIn(e) {
   const all = [...messages.querySelectorAll(".msg")];
@@ -31,10 +42,11 @@ function moveIn(e) {
 
 export function init() {
   messages.addEventListener("keydown", (e) => {
-    if (e.altKey || e.ctrlKey || e.metaKey) return;
+    if (e.altKey || e.ctrlKey || e.metaKey || inField(e.target)) return;
     if (e.key === "Escape") { e.preventDefault(); textarea.focus(); return; }
     moveIn(e);
   });
+  document.addEventListener("keydown", toSearch);
   document.addEventListener("keydown", (e) => {
     if (e.key === "Escape" && roomMenu.open) {
       roomMenu.open = false;
@@ -48,6 +60,10 @@ export function init() {
   log.tabIndex = 0;
   quiet(messages.querySelectorAll(".msg"));
   on("messages", ({ nodes }) => quiet(nodes));
+  on("changed", ({ node }) => {  // a redrawn message's new links are Tab stops only while it has the focus
+    quiet([node]);
+    if (node.contains(document.activeElement)) for (const a of node.querySelectorAll(LINKS)) a.tabIndex = 0;
+  });
   messages.addEventListener("focusin", (e) => {
     const msg = e.target.closest(".msg");
     if (msg) for (const a of msg.querySelectorAll(LINKS)) a.tabIndex = 0;

@@ -2,21 +2,11 @@
 // near the top of the screen, one page at a time, and the message being read stays exactly
 // where it was on screen after the page is put above it. At the start of the room the
 // server sends "This is the start of ..." instead of a marker, and loading stops.
-import { $, emit, messages, scroller } from "./page.js";
+import { $, emit, scroller, view } from "./page.js";
 import { arrange } from "./arrange.js";
 
 let observer = null;
 let loading = false;
-
-/** The first message at least partly on screen, and where its top is. */
-function anchor() {
-  const top = scroller.getBoundingClientRect().top;
-  for (const m of messages.querySelectorAll(".msg")) {
-    const r = m.getBoundingClientRect();
-    if (r.bottom > top) return { el: m, top: r.top };
-  }
-  return null;
-}
 
 async function load(marker) {
   if (loading) return;
@@ -35,7 +25,7 @@ async function load(marker) {
   const page = document.createElement("template");
   page.innerHTML = html;  // the server's own escaped HTML, from this origin
   const nodes = [...page.content.querySelectorAll(".msg")];
-  const before = anchor();
+  const before = view.anchor();
   marker.replaceWith(page.content);
   arrange(nodes);
   if (before) scroller.scrollTop += before.el.getBoundingClientRect().top - before.top;

@@ -1,7 +1,9 @@
 // Unread in the room on screen: a "New messages" line above the first unread message when
 // the room opens (scrolled so it shows), a "N new messages" pill while messages arrive
-// below the screen, and read marks that move only as messages actually come on screen.
-import { $, log, me, messages, on, scroller, view } from "./page.js";
+// below the screen, and read marks that move only as messages actually come on screen. A page
+// far back in history (a permalink's, with newer pages below it) has no line, opens where the
+// permalink points, and counts only what arrives after it opened as new.
+import { $, log, me, messages, on, openedSince, scroller, view } from "./page.js";
 
 const readmark = $("readmark");
 const pill = $("new-pill");
@@ -9,6 +11,7 @@ const pill = $("new-pill");
 // own post moves one's read mark). Where they begin is known once that many are loaded.
 const unreadCount = Number(messages.dataset.unreadCount || 0);
 const newestAtOpen = Number(messages.dataset.newest || 0);
+const far = Boolean($("later"));
 let readAfter = 0;  // the newest message read before the page opened (0: not loaded yet)
 let told = 0;       // the newest id the server has as read
 let seen = 0;       // the newest id that has been on screen
@@ -96,6 +99,7 @@ function earlierUnread(nodes) {
 
 /** Where the page opens: at the "New messages" line if there is one, else at the end. */
 function open() {
+  if (far) { readAfter = openedSince; return; }
   findReadMark();
   if (unreadCount === 0) { view.toEnd(); return; }
   const first = [...log.querySelectorAll(".msg[data-id]")].find(isUnread);
@@ -110,6 +114,7 @@ function open() {
 export function init() {
   open();
   on("messages", ({ nodes, live }) => { if (live) arrived(nodes); else earlierUnread(nodes); });
+  on("removed", schedule);
   scroller.addEventListener("scroll", schedule, { passive: true });
   document.addEventListener("visibilitychange", update);
   window.addEventListener("resize", schedule);
