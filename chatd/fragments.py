@@ -25,7 +25,8 @@ def variants(messages: list[Message], user: User) -> list[str]:
 def message_html(m: Message, variant: str) -> str:
     """One message: the contract's anchors are id="message-{id}" and data-author.
 
-    Named by its own text (author, time, body) for screen readers; the page's script makes it
+    Named by its header and body (author, time, "edited", text) for screen readers, not by the
+    reactions or the actions the script puts in it; the page's script makes it
     focusable and takes its links out of the Tab order (the list is walked with the arrow
     keys), shows the time in the reader's zone, and dates and groups the messages. The time
     here is UTC, for a page without its script.
@@ -35,10 +36,10 @@ def message_html(m: Message, variant: str) -> str:
     client = f' data-client-id="{html.escape(m.client_id)}"' if m.client_id and variant == "mine" else ""
     return (
         f'<article class="msg {variant}" id="message-{m.id}" data-author="{author}" data-id="{m.id}"{client}'
-        f' aria-labelledby="message-{m.id}">{avatar_html(author)}'
-        f'<header><a class="author" href="/dm/{author}">{author}</a> '
+        f' aria-labelledby="h{m.id} b{m.id}">{avatar_html(author)}'
+        f'<header id="h{m.id}"><a class="author" href="/dm/{author}">{author}</a> '
         f'<time datetime="{stamp}">{stamp[:10]} {stamp[11:16]} UTC</time>{edited_html(m)}</header>'
-        f'<div class="body">{m.html}</div>{reactions_html(m)}</article>'
+        f'<div class="body" id="b{m.id}">{m.html}</div>{reactions_html(m)}</article>'
     )
 
 

@@ -230,6 +230,8 @@ def check_emoji(emoji: object) -> str:
         raise BadInput("emoji must not be empty", field="emoji")
     if len(emoji) > MAX_EMOJI:
         raise BadInput(f"emoji is at most {MAX_EMOJI} characters", field="emoji")
+    if emoji in (".", ".."):  # DELETE .../reactions/.. would resolve to the message itself
+        raise BadInput("a reaction of only dots cannot be taken back; use other text", field="emoji")
     return emoji
 
 

@@ -730,7 +730,6 @@ async def test_search_page_needs_a_session(chat: Chat) -> None:
     assert resp.status == 303 and resp.headers["Location"].startswith("/login?next=")
 
 
-@pytest.mark.xfail(strict=True, reason="contract: /search is reachable from every page; no page links to it yet")
 async def test_search_is_reachable_from_every_page(chat: Chat, browsers: dict[str, ClientSession]) -> None:
     alice = await chat.bearer("alice")
     await create_room(chat, alice, "team", private=True)
