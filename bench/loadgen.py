@@ -60,14 +60,20 @@ class StreamProtocol:
 
     path = "/api/v1/stream"
     send_base: dict[str, str] = {"type": "send", "room": "general"}
-    # chatd and the reference both serialise the message's id first; anything else takes
-    # the slow path (a full JSON parse), so the count stays right whatever the key order.
-    prefix = b'{"type":"message","message":{"id":'
+    # chatd serialises the event's id first ({"type":"message","id":N,...}, since its change
+    # log), its releases before that and the reference the message's id first; anything else
+    # takes the slow path (a full JSON parse), so the count stays right whatever the key order.
+    # Both fast paths: a parse per frame halves what one load generator core can receive.
+    prefix = b'{"type":"message","id":'
+    old_prefix = b'{"type":"message","message":{"id":'
     cid_key = b'"client_id":"'
 
     def message_id(self, data: bytes) -> int | None:
         if data.startswith(self.prefix):
             start = len(self.prefix)
+            return int(data[start : data.index(b",", start)])
+        if data.startswith(self.old_prefix):
+            start = len(self.old_prefix)
             return int(data[start : data.index(b",", start)])
         if b'"type":"message"' in data:
             event = json.loads(data)
