@@ -414,11 +414,26 @@ def _make_rooms(conn: sqlite3.Connection, rooms: int) -> list[int]:
     return [r[0] for r in conn.execute("SELECT id FROM rooms WHERE kind = 'public' ORDER BY id")][:rooms]
 
 
+# Words for the search workload: each replaces "rollback" (as long as it, so bodies, pages and
+# what the pages workload measures keep their sizes) in about 1% of the messages, chosen by a
+# generator of their own (rooms, authors and the rest of each body are what they were). None is
+# a prefix of another word of the bodies (chatd matches a query's last word as a prefix too),
+# and none can occur inside the hexadecimal tail.
+SEARCH_WORDS = (
+    "aardvark", "bluebird", "cinnamon", "dinosaur", "eggplant", "flamingo", "gondolas", "hedgehog",
+    "icebergs", "jalapeno", "kangaroo", "lavender", "mandolin", "nautilus", "obsidian", "pelicans",
+    "quagmire", "raindrop", "sapphire", "tortoise",
+)
+SEARCH_SHARE = 100  # each word in 1 message of this many
+
+
 def _insert_messages(
     conn: sqlite3.Connection, room_ids: list[int], user_ids: list[int], total: int
 ) -> dict[int, int]:
     """Plain-text bodies (so `html` is the escaped body, as chatd renders them); returns counts per room."""
     rng = random.Random(5)
+    words = random.Random(6)  # which messages hold a search word: apart, so `rng` draws as before
+    marked = len(SEARCH_WORDS)
     start = time.time() - total * 0.5
     with_seq = "seq" in _columns(conn, "messages")
     counts = dict.fromkeys(room_ids, 0)
@@ -428,7 +443,9 @@ def _insert_messages(
     for i in range(1, total + 1):
         room = rng.choice(room_ids)
         counts[room] += 1
-        body = f"message {i}: did you see the <b>deploy</b> & the \"rollback\"? {rng.randrange(1 << 30):x}"
+        k = words.randrange(SEARCH_SHARE)
+        word = SEARCH_WORDS[k] if k < marked else "rollback"
+        body = f"message {i}: did you see the <b>deploy</b> & the \"{word}\"? {rng.randrange(1 << 30):x}"
         row = (i, room, rng.choice(user_ids), body, html.escape(body, quote=False), start + i * 0.5)
         chunk.append((*row, counts[room]) if with_seq else row)
         if len(chunk) == 50_000 or i == total:
@@ -471,6 +488,18 @@ def _set_read_marks(conn: sqlite3.Connection, user_ids: list[int]) -> None:
     columns = "room_id, user_id, last_read_id" + (", last_read_seq" if with_seq else "")
     values = "?, ?, ?" + (", ?" if with_seq else "")
     conn.executemany(f"INSERT OR REPLACE INTO memberships ({columns}) VALUES ({values})", marks)
+
+
+def search_expected(db: Path, limit: int = 20) -> dict[str, list[int]]:
+    """For each search word, the ids of the newest `limit` messages holding it, newest first,
+    read from the messages table (not from an index): what every search answer must list."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {word: [r[0] for r in conn.execute(
+            "SELECT id FROM messages WHERE body LIKE ? ORDER BY id DESC LIMIT ?", (f'% "{word}"? %', limit))]
+            for word in SEARCH_WORDS}
+    finally:
+        conn.close()
 
 
 def check_unread(url: str, token: str, rooms: int) -> list[str]:

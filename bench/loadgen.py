@@ -14,7 +14,8 @@ Workloads (the spec's "workload" key):
                of every delivery.
   connections  N idle sockets; server RSS before and after.
   http_posts   C clients POST messages, each waiting for its 201 before the next.
-  pages        C clients GET room pages or history pages and check the newest message ids.
+  pages        C clients GET room pages or history pages and check the newest message ids;
+               also search (kind "search": each "slug" is a word, its answer the newest hits).
 """
 
 from __future__ import annotations
@@ -606,6 +607,9 @@ _MESSAGE_ID = re.compile(rb'id="message-(\d+)"')
 def _page_ids(kind: str, body: bytes) -> list[int]:
     if kind == "room":
         return [int(m) for m in _MESSAGE_ID.findall(body)]
+    if kind == "search":  # newest first; a result without its hit marked counts as a wrong answer
+        results = json.loads(body)["results"]
+        return [r["message"]["id"] if "<mark>" in r["snippet"] else -1 for r in results]
     return [m["id"] for m in json.loads(body)["messages"]]
 
 
@@ -657,6 +661,7 @@ async def _pages_kind(spec: Spec, kind: str) -> dict[str, Any]:
         "p99_ms": percentile(latencies, 0.99) * 1e3, "max_ms": (latencies[-1] if latencies else 0) * 1e3,
         "clients": len(conns), **cpu.as_dict(),
     }
+
 
 
 WORKLOADS = {

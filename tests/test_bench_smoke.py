@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = {
     "fanout", "latency", "connections", "posts", "posts_http", "http_ceiling", "pages_room", "pages_history", "browser",
+    "search", "search_rate",
 }
 
 
@@ -61,3 +62,4 @@ def test_latency_run_reads_frames_after_the_run_and_still_counts_every_loss_and_
     assert run.arrived(3) is True  # three frames, but one is not a message
     assert run.drained(3) is False and run.error_count == 1
     assert list(run.ids[0]) == [1, 2, 3] and len(run.times[0]) == 3
+
