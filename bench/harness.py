@@ -251,6 +251,29 @@ def count_messages(db: Path) -> int:
         conn.close()
 
 
+def changes_problems(db: Path, result: dict[str, Any]) -> list[str]:
+    """After the edits workload's server stopped: its seeded messages are all there, one
+    change event per acknowledged change, and each edited message has its last acknowledged body."""
+    conn = sqlite3.connect(db)
+    try:
+        problems = []
+        found = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        if found != result.get("seeded"):
+            problems.append(f"{found} messages in the database, {result.get('seeded')} posted")
+        changes = conn.execute("SELECT count(*) FROM events WHERE kind = 'updated'").fetchone()[0]
+        if changes != result.get("changes"):
+            problems.append(f"{changes} change events in the database, {result.get('changes')} acknowledged")
+        bodies = {int(mid): body for mid, body in result.get("bodies", {}).items()}
+        stored = dict(conn.execute(
+            f"SELECT id, body FROM messages WHERE id IN ({','.join('?' * len(bodies))})", list(bodies)).fetchall())
+        wrong = [mid for mid, body in bodies.items() if stored.get(mid) != body]
+        if wrong:
+            problems.append(f"{len(wrong)} edited messages without their last acknowledged body, e.g. {wrong[0]}")
+        return problems
+    finally:
+        conn.close()
+
+
 # -- the load generator ---------------------------------------------------------------------------------
 
 
