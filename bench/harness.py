@@ -358,6 +358,7 @@ class Template:
     users: list[str]
     tokens: list[str] = field(default_factory=list)
     sessions: list[str] = field(default_factory=list)
+    loop: str = "asyncio"  # the event loop chatd serve ran on while the template was made
 
     def copy_to(self, dest: Path) -> Path:
         return copy_db(self.db, dest)
@@ -381,6 +382,7 @@ def build_template(workdir: Path, n_users: int, log: Path) -> Template:
         tokens = list(pool.map(lambda u: run_cli("token", u, "--label", "bench", db=db).strip(), users))
     template = Template(db, users, tokens)
     server = chatd_server(db, None, log).start()
+    template.loop = event_loop_of(server.pid)
     try:
         with ThreadPoolExecutor(4) as pool:
             template.sessions = list(pool.map(lambda u: login(server.url, u, PASSWORD), users))

@@ -539,6 +539,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def prepare(ctx: Context, selected: list[Workload]) -> None:
     started = time.monotonic()
     ctx.template = harness.build_template(ctx.workdir, ctx.sizes.users, ctx.workdir / "chatd-template.log")
+    ctx.loop_seen = ctx.template.loop  # so that the first workload's reference runs on it too
     progress(f"template: {ctx.sizes.users} users, tokens and sessions via the CLI and /login "
              f"({time.monotonic() - started:.0f} s)")
     if any(w.name in ("pages", "search") for w in selected):
