@@ -251,6 +251,29 @@ def count_messages(db: Path) -> int:
         conn.close()
 
 
+def changes_problems(db: Path, result: dict[str, Any]) -> list[str]:
+    """After the edits workload's server stopped: its seeded messages are all there, one
+    change event per acknowledged change, and each edited message has its last acknowledged body."""
+    conn = sqlite3.connect(db)
+    try:
+        problems = []
+        found = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        if found != result.get("seeded"):
+            problems.append(f"{found} messages in the database, {result.get('seeded')} posted")
+        changes = conn.execute("SELECT count(*) FROM events WHERE kind = 'updated'").fetchone()[0]
+        if changes != result.get("changes"):
+            problems.append(f"{changes} change events in the database, {result.get('changes')} acknowledged")
+        bodies = {int(mid): body for mid, body in result.get("bodies", {}).items()}
+        stored = dict(conn.execute(
+            f"SELECT id, body FROM messages WHERE id IN ({','.join('?' * len(bodies))})", list(bodies)).fetchall())
+        wrong = [mid for mid, body in bodies.items() if stored.get(mid) != body]
+        if wrong:
+            problems.append(f"{len(wrong)} edited messages without their last acknowledged body, e.g. {wrong[0]}")
+        return problems
+    finally:
+        conn.close()
+
+
 # -- the load generator ---------------------------------------------------------------------------------
 
 
@@ -335,6 +358,7 @@ class Template:
     users: list[str]
     tokens: list[str] = field(default_factory=list)
     sessions: list[str] = field(default_factory=list)
+    loop: str = "asyncio"  # the event loop chatd serve ran on while the template was made
 
     def copy_to(self, dest: Path) -> Path:
         return copy_db(self.db, dest)
@@ -358,6 +382,7 @@ def build_template(workdir: Path, n_users: int, log: Path) -> Template:
         tokens = list(pool.map(lambda u: run_cli("token", u, "--label", "bench", db=db).strip(), users))
     template = Template(db, users, tokens)
     server = chatd_server(db, None, log).start()
+    template.loop = event_loop_of(server.pid)
     try:
         with ThreadPoolExecutor(4) as pool:
             template.sessions = list(pool.map(lambda u: login(server.url, u, PASSWORD), users))
@@ -414,11 +439,26 @@ def _make_rooms(conn: sqlite3.Connection, rooms: int) -> list[int]:
     return [r[0] for r in conn.execute("SELECT id FROM rooms WHERE kind = 'public' ORDER BY id")][:rooms]
 
 
+# Words for the search workload: each replaces "rollback" (as long as it, so bodies, pages and
+# what the pages workload measures keep their sizes) in about 1% of the messages, chosen by a
+# generator of their own (rooms, authors and the rest of each body are what they were). None is
+# a prefix of another word of the bodies (chatd matches a query's last word as a prefix too),
+# and none can occur inside the hexadecimal tail.
+SEARCH_WORDS = (
+    "aardvark", "bluebird", "cinnamon", "dinosaur", "eggplant", "flamingo", "gondolas", "hedgehog",
+    "icebergs", "jalapeno", "kangaroo", "lavender", "mandolin", "nautilus", "obsidian", "pelicans",
+    "quagmire", "raindrop", "sapphire", "tortoise",
+)
+SEARCH_SHARE = 100  # each word in 1 message of this many
+
+
 def _insert_messages(
     conn: sqlite3.Connection, room_ids: list[int], user_ids: list[int], total: int
 ) -> dict[int, int]:
     """Plain-text bodies (so `html` is the escaped body, as chatd renders them); returns counts per room."""
     rng = random.Random(5)
+    words = random.Random(6)  # which messages hold a search word: apart, so `rng` draws as before
+    marked = len(SEARCH_WORDS)
     start = time.time() - total * 0.5
     with_seq = "seq" in _columns(conn, "messages")
     counts = dict.fromkeys(room_ids, 0)
@@ -428,7 +468,9 @@ def _insert_messages(
     for i in range(1, total + 1):
         room = rng.choice(room_ids)
         counts[room] += 1
-        body = f"message {i}: did you see the <b>deploy</b> & the \"rollback\"? {rng.randrange(1 << 30):x}"
+        k = words.randrange(SEARCH_SHARE)
+        word = SEARCH_WORDS[k] if k < marked else "rollback"
+        body = f"message {i}: did you see the <b>deploy</b> & the \"{word}\"? {rng.randrange(1 << 30):x}"
         row = (i, room, rng.choice(user_ids), body, html.escape(body, quote=False), start + i * 0.5)
         chunk.append((*row, counts[room]) if with_seq else row)
         if len(chunk) == 50_000 or i == total:
@@ -471,6 +513,18 @@ def _set_read_marks(conn: sqlite3.Connection, user_ids: list[int]) -> None:
     columns = "room_id, user_id, last_read_id" + (", last_read_seq" if with_seq else "")
     values = "?, ?, ?" + (", ?" if with_seq else "")
     conn.executemany(f"INSERT OR REPLACE INTO memberships ({columns}) VALUES ({values})", marks)
+
+
+def search_expected(db: Path, limit: int = 20) -> dict[str, list[int]]:
+    """For each search word, the ids of the newest `limit` messages holding it, newest first,
+    read from the messages table (not from an index): what every search answer must list."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {word: [r[0] for r in conn.execute(
+            "SELECT id FROM messages WHERE body LIKE ? ORDER BY id DESC LIMIT ?", (f'% "{word}"? %', limit))]
+            for word in SEARCH_WORDS}
+    finally:
+        conn.close()
 
 
 def check_unread(url: str, token: str, rooms: int) -> list[str]:

@@ -14,7 +14,12 @@ Workloads (the spec's "workload" key):
                of every delivery.
   connections  N idle sockets; server RSS before and after.
   http_posts   C clients POST messages, each waiting for its 201 before the next.
-  pages        C clients GET room pages or history pages and check the newest message ids.
+  pages        C clients GET room pages or history pages and check the newest message ids;
+               also search (kind "search": each "slug" is a word, its answer the newest hits).
+  edits        The fanout workload's sockets, but S senders change existing messages over HTTP
+               (an edit of one of their own, then a reaction toggled on another sender's, in
+               turn), each waiting for its answer and for its change's message_updated event to
+               come back on its own socket; every socket must get every change once, in id order.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -60,14 +66,20 @@ class StreamProtocol:
 
     path = "/api/v1/stream"
     send_base: dict[str, str] = {"type": "send", "room": "general"}
-    # chatd and the reference both serialise the message's id first; anything else takes
-    # the slow path (a full JSON parse), so the count stays right whatever the key order.
-    prefix = b'{"type":"message","message":{"id":'
+    # chatd serialises the event's id first ({"type":"message","id":N,...}, since its change
+    # log), its releases before that and the reference the message's id first; anything else
+    # takes the slow path (a full JSON parse), so the count stays right whatever the key order.
+    # Both fast paths: a parse per frame halves what one load generator core can receive.
+    prefix = b'{"type":"message","id":'
+    old_prefix = b'{"type":"message","message":{"id":'
     cid_key = b'"client_id":"'
 
     def message_id(self, data: bytes) -> int | None:
         if data.startswith(self.prefix):
             start = len(self.prefix)
+            return int(data[start : data.index(b",", start)])
+        if data.startswith(self.old_prefix):
+            start = len(self.old_prefix)
             return int(data[start : data.index(b",", start)])
         if b'"type":"message"' in data:
             event = json.loads(data)
@@ -600,6 +612,9 @@ _MESSAGE_ID = re.compile(rb'id="message-(\d+)"')
 def _page_ids(kind: str, body: bytes) -> list[int]:
     if kind == "room":
         return [int(m) for m in _MESSAGE_ID.findall(body)]
+    if kind == "search":  # newest first; a result without its hit marked counts as a wrong answer
+        results = json.loads(body)["results"]
+        return [r["message"]["id"] if "<mark>" in r["snippet"] else -1 for r in results]
     return [m["id"] for m in json.loads(body)["messages"]]
 
 
@@ -653,9 +668,218 @@ async def _pages_kind(spec: Spec, kind: str) -> dict[str, Any]:
     }
 
 
+# -- edits: closed-loop changes to existing messages, every subscriber gets every change ------------
+
+UPDATED = b'{"type":"message_updated","id":'
+EDIT_BODY = "edited {seq} from {name}: the quick brown fox jumps over the lazy dog, <b>twice</b> & more"
+
+
+class Changer:
+    """One sender: over its own HTTP connection, an edit of one of its own messages, then its
+    reaction toggled on another sender's message, in turn. Each change is acknowledged by its
+    200 and by its message_updated event coming back on the sender's own socket (events reach a
+    socket in id order, so the first one for that message showing the change is its own)."""
+
+    def __init__(self, run: EditsRun, index: int, conn: httpclient.HttpConnection, headers: dict[str, str],
+                 username: str, own: list[int], target: int) -> None:
+        self.run, self.index, self.conn, self.username = run, index, conn, username
+        self.headers = {**headers, "Content-Type": "application/json"}
+        self.own, self.target = own, target
+        self.emoji = f"\N{THUMBS UP SIGN}{index}"  # one per sender: only this sender changes it
+        self.emoji_path = quote(self.emoji, safe="")
+        self.reacted = False
+        # (the message's id, as its JSON starts, and as a number; does a message show the change; its event id)
+        self.waiting: tuple[bytes, int, Callable[[dict[str, Any]], bool], asyncio.Future[int]] | None = None
+        self.acked: list[int] = []  # event ids of this sender's changes
+        self.bodies: dict[int, str] = {}  # message id -> its last body acknowledged
+        self.failed = 0
+
+    def _mine(self, message: dict[str, Any]) -> bool:
+        return any(r["emoji"] == self.emoji and self.username in r["users"] for r in message["reactions"])
+
+    def _next(self, k: int) -> tuple[bytes, int, Callable[[dict[str, Any]], bool], str | None]:
+        url = self.run.url
+        if k % 2 == 0:
+            mid = self.own[(k // 2) % len(self.own)]
+            body = EDIT_BODY.format(seq=k, name=f"{RUN}-e{self.index}")
+            data = json.dumps({"body": body}).encode()
+            return (httpclient.build_request("PATCH", url, f"/api/v1/messages/{mid}", self.headers, data), mid,
+                    lambda m: m["body"] == body, body)
+        mid = self.target
+        self.reacted = not self.reacted
+        if not self.reacted:
+            path = f"/api/v1/messages/{mid}/reactions/{self.emoji_path}"
+            return (httpclient.build_request("DELETE", url, path, self.headers), mid,
+                    lambda m: not self._mine(m), None)
+        data = json.dumps({"emoji": self.emoji}).encode()
+        return (httpclient.build_request("POST", url, f"/api/v1/messages/{mid}/reactions", self.headers, data),
+                mid, self._mine, None)
+
+    async def loop(self) -> None:
+        run, k = self.run, 0
+        while not run.stopping and run.sent < run.max_messages:
+            request, mid, shows, body = self._next(k)
+            k += 1
+            future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            self.waiting = (b'"id":%d,' % mid, mid, shows, future)
+            run.sent += 1
+            status, answer = await self.conn.request(request)
+            if status != 200 or not shows(json.loads(answer)["message"]):
+                self.waiting = None
+                self.failed += 1
+                run.record_error(b"HTTP %d: %s" % (status, answer[:200]))
+                return  # the state of its reaction is not known any more: this sender stops
+            try:
+                event_id = await asyncio.wait_for(future, run.drain)
+            except TimeoutError:
+                self.waiting = None
+                return  # counted as unacknowledged
+            self.waiting = None
+            self.acked.append(event_id)
+            if body is not None:
+                self.bodies[mid] = body
+            if run.measuring:
+                run.window_acks += 1
+
+    def on_event(self, event_id: int, data: bytes) -> None:
+        waiting = self.waiting
+        if waiting is None or waiting[3].done() or waiting[0] not in data:
+            return
+        message = json.loads(data)["message"]
+        if message["id"] == waiting[1] and waiting[2](message):
+            waiting[3].set_result(event_id)
+
+
+class EditsRun(Subscribers):
+    def __init__(self, spec: Spec) -> None:
+        self.n = spec["subscribers"]
+        super().__init__(self.n, PROTOCOLS["stream"])
+        self.url = spec["url"]
+        self.max_messages = spec["max_messages"]
+        self.drain = spec["drain"]
+        self.sent = 0
+        self.stopping = False
+        self.measuring = False
+        self.window_deliveries = 0
+        self.window_acks = 0
+        self.new_messages = 0  # new-message events: none is sent during the run
+        self.changers: list[Changer | None] = [None] * self.n
+
+    def on_text(self, index: int, data: bytes) -> None:
+        if data.startswith(UPDATED):
+            start = len(UPDATED)
+            event_id = int(data[start : data.index(b",", start)])
+        elif b'"type":"message_updated"' in data:
+            event_id = int(json.loads(data)["id"])
+        else:
+            if self.protocol.message_id(data) is not None:
+                self.new_messages += 1
+            elif self.protocol.is_error(data):
+                self.record_error(data)
+            return
+        if event_id <= self.last[index]:
+            self.duplicates += 1
+        else:
+            self.last[index] = event_id
+        self.count[index] += 1
+        if self.measuring:
+            self.window_deliveries += 1
+        changer = self.changers[index]
+        if changer is not None:
+            changer.on_event(event_id, data)
+
+
+async def _seed(spec: Spec, conn: httpclient.HttpConnection, headers: dict[str, str], name: str,
+                count: int) -> list[int]:
+    """The messages a sender will edit, posted before any socket opens (so no socket gets them)."""
+    ids = []
+    for seq in range(count):
+        body = json.dumps({"body": BODY.format(seq=seq, name=name), "client_id": f"{name}-{seq}"}).encode()
+        request = httpclient.build_request("POST", spec["url"], spec["path"],
+                                           {**headers, "Content-Type": "application/json"}, body)
+        status, answer = await conn.request(request)
+        if status != 201:
+            raise Failure(f"seeding: HTTP {status}: {answer[:200].decode(errors='replace')}")
+        ids.append(json.loads(answer)["message"]["id"])
+    return ids
+
+
+async def edits(spec: Spec, backend: wsclient.Backend) -> dict[str, Any]:
+    run = EditsRun(spec)
+    headers, users, senders = spec["headers"], spec["usernames"], spec["senders"]
+    conns = [await httpclient.open_connection(spec["url"]) for _ in range(senders)]
+    own = [await _seed(spec, conns[i], headers[i % len(headers)], f"{RUN}-e{i}", spec["seeds"])
+           for i in range(senders)]
+    started = time.perf_counter()
+    sockets, failures = await connect_all(
+        backend, ws_url(spec, run.protocol), headers, run, run.n, spec.get("concurrency", 100)
+    )
+    if failures:
+        raise Failure(f"{sum(failures.values())} of {run.n} sockets refused: {dict(failures)}")
+    connect_s = time.perf_counter() - started
+    # Sender i is socket i's user (socket i uses headers[i % len(headers)]).
+    changers = [Changer(run, i, conns[i], headers[i % len(headers)], users[i % len(users)], own[i],
+                        own[(i + 1) % senders][0]) for i in range(senders)]
+    for i, changer in enumerate(changers):
+        run.changers[i] = changer
+    await asyncio.sleep(spec["settle"])
+    cpu = CpuWindow(spec["server_pid"])
+    tasks = [asyncio.create_task(c.loop()) for c in changers]
+    await asyncio.sleep(spec["warmup"])
+    run.measuring = True
+    cpu.start()
+    await asyncio.sleep(spec["duration"])
+    run.measuring = False
+    cpu.stop()
+    run.stopping = True
+    ended = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2 * spec["drain"])
+    total = sum(len(c.acked) for c in changers)
+    drained = await wait_until(lambda: min(run.count) >= total, spec["drain"])
+    await asyncio.sleep(spec["settle"])  # anything more than expected has its chance to arrive
+    run.closing = True
+    close_all(sockets)
+    for conn in conns:
+        conn.close()
+    acked_ids = [e for c in changers for e in c.acked]
+    unacked = run.sent - total
+    problems = [f"sender failed: {r!r}" for r in ended if isinstance(r, BaseException)]
+    if not drained:
+        problems.append("timed out waiting for deliveries")
+    if unacked:
+        problems.append(f"{unacked} changes not acknowledged (refused, or their event never came back)")
+    if len(set(acked_ids)) != len(acked_ids):
+        problems.append("two changes acknowledged by the same event")
+    lost, extra = run.lost(total), run.extra(total)
+    if lost:
+        problems.append(f"{lost} deliveries missing ({sum(1 for c in run.count if c < total)} sockets short)")
+    if extra:
+        problems.append(f"{extra} deliveries more than changes made")
+    if run.duplicates:
+        problems.append(f"{run.duplicates} duplicate or out-of-order deliveries")
+    if run.new_messages:
+        problems.append(f"{run.new_messages} new-message events, none was posted")
+    if run.error_count:
+        problems.append(f"{run.error_count} errors, e.g. {run.errors[0]}")
+    if run.closed_early:
+        problems.append(f"{run.closed_early} sockets closed by the server")
+    if total == 0:
+        problems.append("no change was acknowledged")
+    bodies = {mid: body for c in changers for mid, body in c.bodies.items()}
+    return {
+        "ok": not problems, "problems": problems,
+        "deliveries_per_s": run.window_deliveries / cpu.wall, "changes_per_s": run.window_acks / cpu.wall,
+        "changes": total, "seeded": sum(len(o) for o in own), "bodies": bodies,
+        "deliveries": sum(run.count), "expected_deliveries": total * run.n,
+        "lost": run.lost(total) + unacked, "duplicates": run.duplicates, "errors": run.errors,
+        "subscribers": run.n, "senders": senders, "connect_s": connect_s,
+        **cpu.as_dict(),
+        "hit_max_messages": run.sent >= run.max_messages,
+    }
+
+
 WORKLOADS = {
     "fanout": fanout, "latency": latency, "connections": connections,
-    "http_posts": http_posts, "pages": pages,
+    "http_posts": http_posts, "pages": pages, "edits": edits,
 }
 
 

@@ -9,11 +9,13 @@ minutes apart, with the same load generator, so a noisy or slow machine moves bo
   --mode sqlite  The same, plus one SQLite commit per message before the broadcast (WAL,
                  synchronous=NORMAL like chatd's default), plus HTTP POST of a message, plus,
                  with --pages-db, the history API and a plain room page read from a chatd
-                 database (the same query chatd runs, no sidebar or unread counts).
+                 database (the same query chatd runs, no sidebar or unread counts), and
+                 search: chatd's FTS5 query on that database's index (no access rules beyond
+                 the list of every room, no query parser beyond quoting each word).
 
 Routes mirror chatd's: /api/v1/stream (JSON events), /ws (HTML fragments),
 POST /api/v1/rooms/{slug}/messages, GET /api/v1/rooms/{slug}/messages, GET /r/{slug},
-/healthz, and /count (open sockets, for the connection workload's cross-check).
+GET /api/v1/search, /healthz, and /count (open sockets, for the connection workload's cross-check).
 """
 
 from __future__ import annotations
@@ -44,6 +46,21 @@ HISTORY_SQL = (
     " WHERE m.room_id = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?"
 )
 
+# chatd's search (chatd/store/search.py), word for word: the unicode61 index, newest first off
+# the index, narrowed to the caller's rooms, a snippet per hit; then the hits' messages.
+SNIPPET_OPEN, SNIPPET_CLOSE = "\x02", "\x03"
+SEARCH_SQL = (
+    f"SELECT search_words.rowid, snippet(search_words, 0, '{SNIPPET_OPEN}', '{SNIPPET_CLOSE}', '…', 16)"
+    " FROM search_words JOIN messages m ON m.id = search_words.rowid"
+    " WHERE search_words MATCH ? AND search_words.rowid < ?"
+    " AND m.room_id IN (SELECT value FROM json_each(?))"
+    " ORDER BY search_words.rowid DESC LIMIT ?"
+)
+MESSAGE_SQL = (
+    "SELECT m.id, r.slug, u.username, m.body, m.html, m.created_at, m.client_id, m.edited_at FROM messages m"
+    " JOIN rooms r ON r.id = m.room_id JOIN users u ON u.id = m.user_id WHERE m.id IN ({marks})"
+)
+
 
 def rfc3339(ts: float) -> str:
     dt = datetime.fromtimestamp(ts, tz=UTC)
@@ -61,6 +78,8 @@ class Reference:
         self.streams: set[web.WebSocketResponse] = set()
         self.tabs: set[web.WebSocketResponse] = set()
         self.next_id = 1
+        # Every room, as chatd's search is given the rooms its caller may read (JSON for json_each).
+        self.room_ids = json.dumps([r[0] for r in pages.execute("SELECT id FROM rooms ORDER BY id")]) if pages else "[]"
 
     def store(self, room: str, body: str, client_id: str | None) -> dict[str, Any]:
         """Give the message an id; with SQLite, commit it first (autocommit: one commit each)."""
@@ -180,6 +199,39 @@ async def room_page(request: web.Request) -> web.Response:
     return web.Response(text=page, content_type="text/html")
 
 
+def _fts_query(q: str) -> str:
+    """Every word quoted (never FTS syntax), all of them required, the last also as a prefix."""
+    words = ['"' + w.replace('"', '""') + '"' for w in q.split()]
+    if not words:
+        raise web.HTTPBadRequest()
+    words[-1] += "*"
+    return " AND ".join(words)
+
+
+async def search(request: web.Request) -> web.Response:
+    ref = request.app[REF]
+    pages = ref.pages
+    if pages is None:
+        raise web.HTTPNotFound()
+    limit = min(int(request.query.get("limit", "20")), 100)
+    hits = pages.execute(SEARCH_SQL, (_fts_query(request.query.get("q", "")), 1 << 62, ref.room_ids,
+                                      limit)).fetchall()
+    rows = {}
+    if hits:
+        marks = ",".join("?" * len(hits))
+        rows = {r[0]: r for r in pages.execute(MESSAGE_SQL.format(marks=marks), [h[0] for h in hits])}
+    results = []
+    for mid, snippet in hits:
+        r = rows[mid]
+        message = {"id": r[0], "room": r[1], "author": r[2], "author_name": r[2], "body": r[3], "html": r[4],
+                   "created_at": rfc3339(r[5]), "client_id": r[6],
+                   "edited_at": None if r[7] is None else rfc3339(r[7]), "mentions": [], "reactions": [],
+                   "attachments": []}
+        mark = html.escape(snippet, quote=False).replace(SNIPPET_OPEN, "<mark>").replace(SNIPPET_CLOSE, "</mark>")
+        results.append({"message": message, "snippet": mark})
+    return web.Response(text=dumps({"results": results}), content_type="application/json")
+
+
 async def count(request: web.Request) -> web.Response:
     ref = request.app[REF]
     return web.json_response({"streams": len(ref.streams), "tabs": len(ref.tabs)})
@@ -209,6 +261,7 @@ def make_app(db: sqlite3.Connection | None, pages: sqlite3.Connection | None) ->
     app.router.add_post("/api/v1/rooms/{slug}/messages", post_message)
     app.router.add_get("/api/v1/rooms/{slug}/messages", get_messages)
     app.router.add_get("/r/{slug}", room_page)
+    app.router.add_get("/api/v1/search", search)
     app.router.add_get("/count", count)
     app.router.add_get("/healthz", healthz)
     return app

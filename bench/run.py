@@ -7,6 +7,10 @@
 Each workload runs chatd and its reference server (bench/refserver.py) in alternating
 rounds, minutes apart, each on a fresh database copied from a template made with the
 real CLI; the load generator (bench/loadgen.py) runs in its own process on another core.
+A workload whose reference is "chatd:ROW" compares chatd with chatd: its reference run is
+chatd running the workload that has row ROW, in the same alternating rounds, and that row's
+figure is its reference (edits: changes fanned out against new messages fanned out, so the
+ratio is the cost of a change relative to a new message, whatever the machine's speed).
 Prints a table, then one JSON line per workload. Exits 1 if any message was lost or
 duplicated or a workload could not run; with --strict, also if a target is missed.
 See docs/performance.md for what each workload means.
@@ -61,6 +65,10 @@ class Sizes:
     pages_seconds: float = 5.0
     browser_subscribers: int = 1000
     browser_senders: int = 16
+    search_clients: int = 16
+    search_seconds: float = 5.0
+    search_limit: int = 20
+    edits_seeds: int = 4  # messages each edits sender posts first, and then edits in turn
     warmup_seconds: float = 1.0
     settle_seconds: float = 1.0
     drain_seconds: float = 20.0
@@ -73,7 +81,8 @@ SMOKE = Sizes(
     users=4, fanout_subscribers=8, fanout_senders=2, fanout_seconds=0.5, latency_subscribers=8,
     latency_senders=2, latency_rate=100, latency_count=20, latency_warmup=5, connections=20,
     posts_senders=4, posts_seconds=0.5, http_clients=4, pages_messages=3000, pages_rooms=5,
-    pages_clients=4, pages_seconds=0.5, browser_subscribers=8, browser_senders=2, warmup_seconds=0.2,
+    pages_clients=4, pages_seconds=0.5, browser_subscribers=8, browser_senders=2, search_clients=4,
+    search_seconds=0.5, edits_seeds=2, warmup_seconds=0.2,
     settle_seconds=0.3, drain_seconds=10.0, max_messages=5000, rounds=1,
 )
 
@@ -86,7 +95,7 @@ class Row:
     metric: str
     unit: str
     higher_is_better: bool
-    reference: str  # which reference server: bare or sqlite
+    reference: str  # which reference server: bare or sqlite; chatd:ROW, another row of chatd's
     target: str
     passes: Callable[[float, float | None], bool | None]  # (chatd median, ratio) -> met? None: no target
 
@@ -112,6 +121,11 @@ ROWS = [
     Row("pages_history", "history p99", "ms", False, "sqlite", "< 10 ms", lambda v, r: v < 10.0),
     Row("browser", "deliveries/s (HTML)", "/s", True, "bare", ">= 0.5x bare broadcaster",
         _ratio_at_least(0.5)),
+    Row("search", "search p99", "ms", False, "sqlite", "< 50 ms", lambda v, r: v < 50.0),
+    # No target: chatd's searches against the same FTS5 query run bare on the same database.
+    Row("search_rate", "searches/s", "/s", True, "sqlite", "none: chatd over bare FTS5", lambda v, r: None),
+    Row("edits", "change deliveries/s", "/s", True, "chatd:fanout", ">= 0.8x chatd's new messages",
+        _ratio_at_least(0.8)),
 ]
 ROW_BY_NAME = {row.name: row for row in ROWS}
 
@@ -151,6 +165,7 @@ class Context:
     ref_loop: str
     template: Template | None = None
     pages_expected: dict[str, list[int]] | None = None
+    search_expected: dict[str, list[int]] | None = None
     loop_seen: str = "asyncio"
     profile_dir: Path | None = None
     round: int = 0
@@ -169,7 +184,7 @@ def server(ctx: Context, kind: str, name: str, db: Path | None = None) -> Iterat
         db = db or ctx.template.copy_to(ctx.workdir / f"{name}.db")
         proc = harness.chatd_server(db, cpu, ctx.workdir / f"chatd-{name}.log")
     else:
-        pages = ctx.pages_db if name == "pages" else None
+        pages = ctx.pages_db if name in ("pages", "search") else None
         proc = harness.reference_server(kind, ctx.workdir, cpu, ctx.ref_loop, pages)
     proc.start()
     profiler = None
@@ -311,6 +326,35 @@ def run_browser(ctx: Context, kind: str) -> dict[str, Sample]:
                               stored_problems(proc, result.get("messages", 0)))}
 
 
+def run_search(ctx: Context, kind: str) -> dict[str, Sample]:
+    s = ctx.sizes
+    assert ctx.template is not None and ctx.search_expected is not None
+    db = harness.copy_db(ctx.pages_db, ctx.workdir / "search-run.db") if kind == "chatd" else None
+    with server(ctx, kind, "search", db=db) as proc:
+        # user00 may read every room of the pages database (all public): every hit is theirs.
+        spec = {**base_spec(ctx, proc, "pages"), "clients": s.search_clients, "duration": s.search_seconds,
+                "kinds": ["search"], "expected": ctx.search_expected,
+                "paths": {"search": f"/api/v1/search?q={{slug}}&limit={s.search_limit}"},
+                "page_headers": {"search": bearer(ctx)[0]}}
+        result = loadgen(ctx, spec, 2 * (s.search_seconds + s.drain_seconds))
+    found = result.get("kinds", {}).get("search", {"problems": result.get("problems")})
+    return {"search": sample(found.get("p99_ms", float("nan")), found),
+            "search_rate": sample(found.get("requests_per_s", 0.0), found)}
+
+
+def run_edits(ctx: Context, kind: str) -> dict[str, Sample]:
+    """The fanout workload's sockets and senders, the senders changing messages instead."""
+    s = ctx.sizes
+    assert ctx.template is not None and kind == "chatd"
+    with server(ctx, kind, "edits") as proc:
+        spec = {**base_spec(ctx, proc, "edits"), "headers": bearer(ctx), "usernames": ctx.template.users,
+                "subscribers": s.fanout_subscribers, "senders": s.fanout_senders, "duration": s.fanout_seconds,
+                "seeds": s.edits_seeds, "path": "/api/v1/rooms/general/messages"}
+        result = loadgen(ctx, spec, s.fanout_seconds + 4 * s.drain_seconds)
+    stored = harness.changes_problems(proc.db, result) if proc.db is not None and result.get("ok") else []
+    return {"edits": sample(result.get("deliveries_per_s", 0.0), result, stored)}
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str
@@ -326,7 +370,20 @@ WORKLOADS = [
     Workload("posts", "sqlite", ("posts", "posts_http", "http_ceiling"), run_posts),
     Workload("pages", "sqlite", ("pages_room", "pages_history"), run_pages),
     Workload("browser", "bare", ("browser",), run_browser),
+    Workload("search", "sqlite", ("search", "search_rate"), run_search),
+    Workload("edits", "chatd:fanout", ("edits",), run_edits),
 ]
+
+
+def run_side(ctx: Context, workload: Workload, kind: str) -> dict[str, Sample]:
+    """One run of chatd or of the workload's reference; a reference "chatd:ROW" is chatd
+    running the workload that has that row, whose figure then stands for every row here."""
+    if kind.startswith("chatd:"):
+        row = kind.split(":", 1)[1]
+        other = next(w for w in WORKLOADS if row in w.rows)
+        found = other.run(ctx, "chatd")[row]
+        return dict.fromkeys(workload.rows, found)
+    return workload.run(ctx, kind)
 
 
 # -- rounds and medians -------------------------------------------------------------------------------------
@@ -347,7 +404,7 @@ def run_workload(ctx: Context, workload: Workload, rounds: int, results: dict[st
         for kind in order:
             started = time.monotonic()
             try:
-                samples = workload.run(ctx, kind)
+                samples = run_side(ctx, workload, kind)
             except BenchError as exc:
                 samples = {name: failed(str(exc)) for name in workload.rows}
             for name, found in samples.items():
@@ -482,14 +539,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def prepare(ctx: Context, selected: list[Workload]) -> None:
     started = time.monotonic()
     ctx.template = harness.build_template(ctx.workdir, ctx.sizes.users, ctx.workdir / "chatd-template.log")
+    ctx.loop_seen = ctx.template.loop  # so that the first workload's reference runs on it too
     progress(f"template: {ctx.sizes.users} users, tokens and sessions via the CLI and /login "
              f"({time.monotonic() - started:.0f} s)")
-    if any(w.name == "pages" for w in selected):
+    if any(w.name in ("pages", "search") for w in selected):
         started = time.monotonic()
         ctx.pages_expected = harness.build_pages_db(
             ctx.template, ctx.pages_db, ctx.sizes.pages_messages, ctx.sizes.pages_rooms)
         progress(f"pages database: {ctx.sizes.pages_messages:,} messages in {ctx.sizes.pages_rooms} rooms "
-                 f"({time.monotonic() - started:.0f} s)")
+                 f"({time.monotonic() - started:.0f} s, search indexes included)")
+    if any(w.name == "search" for w in selected):
+        ctx.search_expected = harness.search_expected(ctx.pages_db, ctx.sizes.search_limit)
+        short = [w for w, ids in ctx.search_expected.items() if len(ids) < ctx.sizes.search_limit]
+        if short:
+            raise BenchError(f"the pages database has too few messages for the search words {short}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = {
     "fanout", "latency", "connections", "posts", "posts_http", "http_ceiling", "pages_room", "pages_history", "browser",
+    "search", "search_rate", "edits",
 }
 
 
@@ -61,3 +62,41 @@ def test_latency_run_reads_frames_after_the_run_and_still_counts_every_loss_and_
     assert run.arrived(3) is True  # three frames, but one is not a message
     assert run.drained(3) is False and run.error_count == 1
     assert list(run.ids[0]) == [1, 2, 3] and len(run.times[0]) == 3
+
+
+def _updated(event_id: int, message_id: int, body: str = "b", reactions: list | None = None) -> bytes:
+    return json.dumps({"type": "message_updated", "id": event_id, "message": {
+        "id": message_id, "body": body, "reactions": reactions or []}}, separators=(",", ":")).encode()
+
+
+def test_edits_run_counts_every_change_once_and_acknowledges_only_the_senders_own() -> None:
+    """The edits workload: a missed, repeated or reordered message_updated event fails the run,
+    a new-message event is counted apart, and a sender's change is acknowledged only by the
+    first event of that message that shows it (not by another sender's change to it)."""
+    import asyncio
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import loadgen
+
+    async def scenario() -> None:
+        run = loadgen.EditsRun({"subscribers": 3, "url": "http://x", "max_messages": 10, "drain": 1.0})
+        changer = loadgen.Changer(run, 0, None, {}, "ann", [7], 8)  # type: ignore[arg-type]
+        run.changers[0] = changer
+        emoji = changer.emoji
+        future = asyncio.get_running_loop().create_future()
+        changer.waiting = (b'"id":8,', 8, changer._mine, future)
+        # Someone else's change to message 8 first: ann's reaction is not on it yet.
+        run.on_text(0, _updated(20, 8, reactions=[{"emoji": "x", "users": ["bob"]}]))
+        assert not future.done()
+        run.on_text(0, _updated(21, 8, reactions=[{"emoji": emoji, "users": ["ann"]}]))
+        assert future.result() == 21
+        for eid in (20, 21):
+            run.on_text(1, _updated(eid, 8))
+        run.on_text(2, _updated(21, 8))
+        run.on_text(2, _updated(20, 8))  # out of order
+        run.on_text(1, b'{"type":"message","id":22,"message":{"id":22}}')
+        run.on_text(1, b'{"type":"presence","user":"ann","online":true}')
+        assert run.count == [2, 2, 2] and run.duplicates == 1 and run.new_messages == 1
+        assert (run.lost(2), run.extra(2), run.lost(3)) == (0, 0, 3)
+
+    asyncio.run(scenario())
