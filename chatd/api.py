@@ -43,6 +43,12 @@ async def create_room(request: web.Request) -> web.Response:
     return web.json_response({"room": room.to_json(0)}, status=201)
 
 
+def _message_response(services: Services, message: Message, status: int = 200) -> web.Response:
+    """{"message": ...} in the encoding the event stream sends: built once per version of a message."""
+    return web.Response(text=f'{{"message":{services.live.message_json(message)}}}',
+                        content_type="application/json", status=status)
+
+
 # The two busiest routes first: aiohttp tries the resources under /api/v1/rooms in the
 # order they were added, and each miss costs a regular expression match per request.
 @routes.get("/api/v1/rooms/{slug}/messages")
@@ -65,9 +71,7 @@ async def post_message(request: web.Request) -> web.Response:
     message, created = await services.chat.post_message(
         user, request.match_info["slug"], data.get("body"), data.get("client_id")
     )
-    # The same encoding the event stream sends: built once per message.
-    return web.Response(text=f'{{"message":{services.live.message_json(message)}}}',
-                        content_type="application/json", status=201 if created else 200)
+    return _message_response(services, message, 201 if created else 200)
 
 
 async def _room_json(services: Services, user: User, slug: str) -> dict[str, Any]:
@@ -125,11 +129,6 @@ async def mark_read(request: web.Request) -> web.Response:
 
 
 # -- one message: read, edit, delete, react ---------------------------------------------
-
-
-def _message_response(services: Services, message: Message) -> web.Response:
-    return web.Response(text=f'{{"message":{services.live.message_json(message)}}}',
-                        content_type="application/json")
 
 
 @routes.get("/api/v1/messages/{id}")

@@ -87,10 +87,6 @@ class Message(NamedTuple):
     # its id until it changes. Caches of anything built from a message key on (id, rev).
     rev: int = 0
 
-    @property
-    def key(self) -> tuple[int, int]:
-        return (self.id, self.rev)
-
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from chatd import rules
 from chatd.config import Config
 from chatd.errors import BadInput, Forbidden, NotFound, RateLimited, StorageUnavailable
 from chatd.hub import Conn
 from chatd.limits import TokenBucket, Window
-from chatd.models import Message, Room, RoomState, User
+from chatd.models import Change, Message, Room, RoomState, User
 from chatd.services.live import Live
 from chatd.store import Store
+from chatd.store.changes import ChangeKind
 
 log = logging.getLogger("chatd.chat")
 MAX_LIMIT = 200
@@ -249,13 +252,7 @@ class Chat:
         writer = self.store.messages_writer
         if writer is None:
             raise StorageUnavailable("the server is not accepting messages")
-        may_write, uid, rid = self.access.may_write, user.id, room.id
-        if conn is None:
-            def allowed() -> bool:
-                return may_write(uid, rid)
-        else:
-            def allowed() -> bool:
-                return conn.open and may_write(uid, rid)
+        allowed = still(self.access.may_write, user, room, conn)
         return await writer.submit(room, user, text, rendered.html, cid, allowed, rendered.mentions)
 
     def _check_writable(self, user: User, room: Room) -> None:
@@ -298,7 +295,7 @@ class Chat:
             raise NotFound("no such message")
         return room, message
 
-    async def edit_message(self, user: User, message_id: object, body: object, conn: Conn | None = None) -> Message:
+    async def edit_message(self, user: User, message_id: object, body: object) -> Message:
         room, message = self.message_for(user, message_id)
         if message.author_id != user.id:
             raise Forbidden("only its author can edit a message")
@@ -306,21 +303,20 @@ class Chat:
             raise Forbidden("this room is archived; its messages can no longer change")
         text = rules.check_body(body)
         rendered = rules.render_body(text, self.live.is_user)
-        _, now = await self._change("edit", user, room, message, conn, body=text, html=rendered.html,
+        _, now = await self._change("edit", user, room, message, body=text, html=rendered.html,
                                     mentions=rendered.mentions)
         assert now is not None
         log.info("event=message_edited id=%d room=%s by=%s", message.id, room.slug, user.username)
         return now
 
-    async def delete_message(self, user: User, message_id: object, conn: Conn | None = None) -> None:
+    async def delete_message(self, user: User, message_id: object) -> None:
         room, message = self.message_for(user, message_id)
         if message.author_id != user.id and not user.admin:
             raise Forbidden("only its author or an administrator can delete a message")
-        await self._change("delete", user, room, message, conn)
+        await self._change("delete", user, room, message)
         log.info("event=message_deleted id=%d room=%s by=%s", message.id, room.slug, user.username)
 
-    async def react(self, user: User, message_id: object, emoji: object, add: bool,
-                    conn: Conn | None = None) -> Message:
+    async def react(self, user: User, message_id: object, emoji: object, add: bool) -> Message:
         """Add the caller's reaction (again: nothing changes) or take it back."""
         room, message = self.message_for(user, message_id)
         text = rules.check_emoji(emoji)
@@ -329,23 +325,18 @@ class Chat:
         wait = self.flood.take(user.id)
         if wait:
             raise RateLimited("you are reacting too fast; slow down", wait)
-        _, now = await self._change("react" if add else "unreact", user, room, message, conn, emoji=text)
+        _, now = await self._change("react" if add else "unreact", user, room, message, emoji=text)
         assert now is not None
         return now
 
-    async def _change(self, kind: str, user: User, room: Room, message: Message, conn: Conn | None,
-                      **values: object) -> tuple[object, Message | None]:
+    async def _change(self, kind: ChangeKind, user: User, room: Room, message: Message,
+                      **values: Any) -> tuple[Change | None, Message | None]:
+        """Queue a change; the writer asks again, just before writing it, whether the user may
+        still read the room (as a post asks whether its author may still write there)."""
         writer = self.store.messages_writer
         if writer is None:
             raise StorageUnavailable("the server is not accepting changes")
-        may_read, uid, rid = self.access.may_read, user.id, room.id
-        if conn is None:
-            def allowed() -> bool:
-                return may_read(uid, rid)
-        else:
-            def allowed() -> bool:
-                return conn.open and may_read(uid, rid)
-        return await writer.change(kind, message, user, allowed, **values)  # type: ignore[arg-type]
+        return await writer.change(kind, message, user, still(self.access.may_read, user, room, None), **values)
 
     # -- search -------------------------------------------------------------------------
 
@@ -386,6 +377,15 @@ class Chat:
         if not self.access.may_write(user.id, room.id):
             raise NotFound("no such room")
         self.live.typing(user, room, time.monotonic())
+
+
+def still(check: Callable[[int, int], bool], user: User, room: Room, conn: Conn | None) -> Callable[[], bool]:
+    """What the writer asks just before a queued write: does `check` (Access.may_write or
+    may_read) still hold for this user and room, and is the socket it came from still open?"""
+    uid, rid = user.id, room.id
+    if conn is None:
+        return lambda: check(uid, rid)
+    return lambda: conn.open and check(uid, rid)
 
 
 def parse_int(value: object, name: str, default: int | None, low: int) -> int | None:

@@ -82,7 +82,7 @@ class Live:
         self._presence: dict[int, bool] = {}
         self._presence_handle: asyncio.TimerHandle | None = None
         self._typing_seen: dict[tuple[int, int], float] = {}
-        self._json: OrderedDict[tuple[int, int], str] = OrderedDict()  # by Message.key
+        self._json: OrderedDict[tuple[int, int], str] = OrderedDict()  # by (id, rev)
         hub.encoder = self
 
     # -- routing tables -------------------------------------------------------
@@ -285,7 +285,7 @@ class Live:
 
     def message_json(self, message: Message) -> str:
         """The message object of the contract as JSON text, encoded once per version of a message."""
-        key = message.key
+        key = (message.id, message.rev)
         text = self._json.get(key)
         if text is None:
             text = self._json[key] = _encode(message.to_json())
