@@ -22,15 +22,15 @@ import pytest
 from aiohttp import ClientSession
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from test_durability import FLOOD_ENV, make_user
 from yarl import URL
 
 from chatd.state import CONFIG
 from chatd.store.schema import SCHEMA_VERSION, UNSPACED_GLOB, migrate
-from conftest import PASSWORD, Chat, Server, csrf_of, run_cli
+from conftest import Chat, Server, csrf_of, run_cli
 
 pytestmark = pytest.mark.usefixtures("no_server_tracebacks")
 
-FLOOD_ENV = {"CHATD_MESSAGES_PER_SECOND": "100000", "CHATD_MESSAGE_BURST": "100000"}
 CJK = "我们明天部署新版本"
 
 
@@ -608,11 +608,6 @@ async def test_hostile_room_before_and_limit_are_400_or_404(chat: Chat) -> None:
 
 
 # -- the indexes after a crash --------------------------------------------------------------------
-
-
-def make_user(db: Path, name: str) -> str:
-    assert run_cli("adduser", name, "--password-stdin", db=db, stdin=PASSWORD + "\n").returncode == 0
-    return run_cli("token", name, db=db).stdout.strip()
 
 
 async def test_acknowledged_messages_are_found_after_kill_9(tmp_path: Path, server_factory) -> None:
