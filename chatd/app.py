@@ -10,6 +10,7 @@ from aiohttp import web
 
 from chatd import api, views
 from chatd.auth import add_security_headers, errors_middleware, host_middleware
+from chatd.broker import make_broker
 from chatd.config import Config
 from chatd.hub import Hub
 from chatd.render import HtmlRenderer
@@ -39,7 +40,7 @@ def create_app(config: Config) -> web.Application:
     app[HUB] = Hub(config.send_buffer_bytes)
     app[STORE] = Store(config.db, config.sync)
     app[RENDERER] = HtmlRenderer(str(resource_dir("templates")))
-    app[SERVICES] = Services(config, app[STORE], app[HUB], app[RENDERER])
+    app[SERVICES] = Services(config, app[STORE], app[HUB], app[RENDERER], make_broker(config.broker))
     app.add_routes(views.routes)
     app.add_routes(api.routes)
     app.router.add_static("/static", resource_dir("static"), append_version=False)
@@ -53,9 +54,9 @@ def create_app(config: Config) -> web.Application:
 async def _one_server_per_database(app: web.Application) -> AsyncIterator[None]:
     """Hold the database's lock (store/lock.py) from before the store opens until it has closed.
 
-    This is the one place a server claims its database: a process joined to others through
-    a broker (planned: `--broker`) shares it, and will skip this."""
-    with hold_database(app[CONFIG].db):
+    This is the one place a server claims its database: processes joined through a broker
+    share it (a shared lock), and a server without one has it to itself."""
+    with hold_database(app[CONFIG].db, shared=bool(app[CONFIG].broker)):
         yield
 
 
@@ -68,13 +69,16 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await store.open()  # closes its own connections when it fails
     try:
         try:
-            await services.start()
-            app[SETUP_TOKEN][0] = await services.accounts.prepare_setup()
-            yield
+            try:
+                await services.start()
+                app[SETUP_TOKEN][0] = await services.accounts.prepare_setup(services.broker)
+                yield
+            finally:
+                await services.stop()
         finally:
-            await services.stop()
+            await store.close()
     finally:
-        await store.close()
+        await services.close_broker()  # after the writer's last commits were published
 
 
 async def _close_sockets(app: web.Application) -> None:

@@ -95,17 +95,29 @@ def main() -> None:
 @click.option("--behind-proxy/--no-behind-proxy", default=None,
               help="Trust X-Forwarded-For/Proto from trusted_proxies (default loopback); "
                    "--no-behind-proxy overrides a config file or CHATD_BEHIND_PROXY.")
+@click.option("--broker", default=None, metavar="URL",
+              help="Join the processes using this Redis and database into one server: redis://HOST:PORT/N "
+                   "(env CHATD_BROKER; default: none, one process).")
+@click.option("--workers", type=int, default=None,
+              help="Start this many processes on one port (env CHATD_WORKERS, default 1; more needs --broker).")
 @click.option("--check", is_flag=True, help="Validate the configuration and database, then exit.")
 def serve(db: Path | None, host: str | None, port: int | None, config_file: Path | None,
-          log_level: str | None, behind_proxy: bool | None, check: bool) -> None:
+          log_level: str | None, behind_proxy: bool | None, broker: str | None, workers: int | None,
+          check: bool) -> None:
     """Run the chat server until SIGTERM or SIGINT."""
-    flags = {"db": db, "host": host, "port": port, "log_level": log_level, "behind_proxy": behind_proxy}
+    flags = {"db": db, "host": host, "port": port, "log_level": log_level, "behind_proxy": behind_proxy,
+             "broker": broker, "workers": workers}
     try:
         config = load_config(flags, config_file=config_file)
         loop_name, factory = event_loop(config.event_loop)
     except ChatdError as exc:
         raise click.ClickException(_sentence(exc.message)) from None
     configure_logging(config.log_level)
+    if config.workers > 1 and not check:
+        from chatd.workers import supervise
+        run(_check(config), config.db)  # migrations once, before the workers share the file
+        run(_probe_broker(config.broker), config.db)
+        raise SystemExit(run(supervise(config, config_file), config.db))
     if check:
         # No lock: --check runs beside a live server (to vet a new configuration before a
         # restart), and a probe of the lock would make a server starting that moment refuse.
@@ -138,6 +150,14 @@ async def _check(config: Config) -> None:
     store = Store(config.db, config.sync)
     await store.open()
     await store.close()
+    if config.broker:
+        await _probe_broker(config.broker)
+
+
+async def _probe_broker(url: str) -> None:
+    """One sentence naming the broker when it cannot be reached."""
+    from chatd.broker import make_broker
+    await make_broker(url).probe()
 
 
 def configure_logging(level: str) -> None:
@@ -194,7 +214,8 @@ async def _run_server(config: Config, loop_name: str, stop: asyncio.Event) -> No
     try:
         await runner.setup()
         tune_gc()
-        site = web.TCPSite(runner, config.host, config.port, backlog=2048)
+        # With a broker, several processes may share the port (SO_REUSEPORT; docs/scaling.md).
+        site = web.TCPSite(runner, config.host, config.port, backlog=2048, reuse_port=bool(config.broker) or None)
         try:
             await site.start()
         except OSError as exc:

@@ -60,6 +60,12 @@ class Config:
     # body_timeout_seconds, or the connection is closed (slow clients tie up descriptors).
     header_timeout_seconds: float = 5.0
     body_timeout_seconds: float = 10.0
+    # Joins the processes that use the same broker and database into one server
+    # ("redis://HOST:PORT/N"); empty: one process, no broker (docs/scaling.md).
+    broker: str = ""
+    # `chatd serve` starts this many processes on one port (SO_REUSEPORT); more than one
+    # needs a broker.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.log_level not in LOG_LEVELS:
@@ -83,6 +89,12 @@ class Config:
                 raise BadInput(f"trusted_proxies: {entry!r} is not an address or network") from None
         if self.connections_per_user < 1 or self.max_frame_bytes < 1024:
             raise BadInput("connections_per_user must be at least 1, max_frame_bytes at least 1024")
+        if self.workers < 1:
+            raise BadInput("workers must be at least 1")
+        if self.workers > 1 and not self.broker:
+            raise BadInput("more than one worker needs a broker (--broker redis://HOST:PORT/N) to join them")
+        if self.broker and not self.broker.lower().startswith(("redis://", "rediss://", "unix://")):
+            raise BadInput(f"the broker must be a redis:// address, not {self.broker.split('@')[-1]!r}")
         if self.header_timeout_seconds <= 0 or self.body_timeout_seconds <= 0:
             raise BadInput("header_timeout_seconds and body_timeout_seconds must be positive")
         # Frozen: the normalised form replaces what was given, once, here.

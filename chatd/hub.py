@@ -139,6 +139,8 @@ class Hub:
         self.streams: set[Conn] = set()
         self.usernames: dict[int, str] = {}
         self.encoder: Encoder | None = None
+        # The other processes' sockets, by process (chatd.services.peers): user id -> how many.
+        self.remote: dict[str, dict[int, int]] = {}
 
     # -- routing, by the access table ---------------------------------------
 
@@ -197,13 +199,24 @@ class Hub:
         return False
 
     def count_for(self, user_id: int) -> int:
+        """The user's open sockets, on every process of the server."""
+        return len(self.by_user.get(user_id, ())) + sum(r.get(user_id, 0) for r in self.remote.values())
+
+    def count_here(self, user_id: int) -> int:
         return len(self.by_user.get(user_id, ()))
 
+    def online_elsewhere(self, user_id: int) -> bool:
+        """Has another process a socket of this user's?"""
+        return any(user_id in r for r in self.remote.values())
+
     def online(self) -> list[str]:
-        return sorted(self.usernames[uid] for uid in self.by_user)
+        return sorted(self.usernames[uid] for uid in self.online_ids())
 
     def online_ids(self) -> set[int]:
-        return set(self.by_user)
+        """Users with a socket open on any process of the server."""
+        if not self.remote:
+            return set(self.by_user)
+        return set(self.by_user).union(*self.remote.values())
 
     # -- delivery -----------------------------------------------------------
 

@@ -27,6 +27,14 @@ class TokenBucket:
             self._forget_full(now)
         return 0.0
 
+    def debit(self, key: Hashable, count: int, now: float | None = None) -> None:
+        """Take `count` tokens that were spent elsewhere (another process of the server),
+        down to none left."""
+        now = time.monotonic() if now is None else now
+        tokens, last = self._state.get(key, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        self._state[key] = (max(0.0, tokens - count), now)
+
     def _forget_full(self, now: float) -> None:
         for key, (tokens, last) in list(self._state.items()):
             if tokens + (now - last) * self.rate >= self.burst:

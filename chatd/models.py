@@ -123,7 +123,9 @@ class Change(NamedTuple):
     message_id: int
     author_id: int  # the message's author
     message: Message | None  # None for "deleted"
-    seq: int = 0  # for "deleted": the position the message had in its room (unread counts)
+    # The message's position in its room (unread counts): for "deleted", the one it had; for
+    # "message", its own (0 where not known).
+    seq: int = 0
 
 
 class Credential(NamedTuple):
@@ -132,3 +134,27 @@ class Credential(NamedTuple):
     kind: Literal["session", "token"]
     token_hash: bytes
     csrf: str = ""
+
+
+def change_to_wire(change: Change) -> list[Any]:
+    """A change as JSON-ready lists, for the broker (change_from_wire reverses it)."""
+    m = change.message
+    return [change.id, change.kind, change.room_id, change.message_id, change.author_id, change.seq,
+            None if m is None else [*m[:9], list(m.mentions), m.edited_at, [[e, list(u)] for e, u in m.reactions],
+                                    m.rev]]
+
+
+def change_from_wire(data: list[Any]) -> Change:
+    """The change another process published; ValueError when it is not one."""
+    try:
+        cid, kind, room_id, message_id, author_id, seq, m = data
+        message = None if m is None else Message(
+            int(m[0]), int(m[1]), str(m[2]), str(m[3]), int(m[4]), str(m[5]), str(m[6]), float(m[7]),
+            None if m[8] is None else str(m[8]), tuple(str(u) for u in m[9]),
+            None if m[10] is None else float(m[10]), tuple((str(e), tuple(str(x) for x in u)) for e, u in m[11]),
+            int(m[12]))
+        if kind not in ("message", "updated", "deleted"):
+            raise ValueError(kind)
+        return Change(int(cid), kind, int(room_id), int(message_id), int(author_id), message, int(seq))
+    except (TypeError, ValueError, IndexError) as exc:
+        raise ValueError(f"not a change: {exc}") from None

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from chatd import rules, security
+from chatd.broker import Broker
 from chatd.config import Config
 from chatd.errors import BadInput, NotFound, RateLimited, Unauthorized
 from chatd.limits import Window
@@ -158,12 +159,17 @@ class Accounts:
 
     # -- first run ------------------------------------------------------------
 
-    async def prepare_setup(self) -> str | None:
-        """With no account yet, store a one-time setup token and return it."""
+    async def prepare_setup(self, broker: Broker | None = None) -> str | None:
+        """With no account yet, store a one-time setup token and return it. Processes joined
+        by a broker all print the same one: the first offered to the broker."""
         if await self.store.count_users():
             await self.store.set_setup_token(None)
+            if broker is not None:
+                await broker.forget_setup_token()
             return None
         token = security.new_token()
+        if broker is not None:
+            token = await broker.setup_token(token)
         await self.store.set_setup_token(security.setup_hash(token))
         return token
 

@@ -248,6 +248,7 @@ class Chat:
         wait = self.flood.take(user.id)
         if wait:
             raise RateLimited("you are sending messages too fast; slow down", wait)
+        self.live.spent(user.id)
         rendered = rules.render_body(text, self.live.is_user)
         writer = self.store.messages_writer
         if writer is None:
@@ -325,6 +326,7 @@ class Chat:
         wait = self.flood.take(user.id)
         if wait:
             raise RateLimited("you are reacting too fast; slow down", wait)
+        self.live.spent(user.id)
         _, now = await self._change("react" if add else "unreact", user, room, message, emoji=text)
         assert now is not None
         return now

@@ -1,6 +1,6 @@
 """Live side of the domain: sockets, replay, presence, typing and fan-out.
 
-Everything here runs after a commit: the message writer calls `on_commit`
+Everything here runs after a commit: the message writer calls `committed`
 with the messages of one transaction, in id order.
 
 A browser tab gets HTML fragments (messages, the online list) and JSON objects without a
@@ -28,14 +28,18 @@ import asyncio
 import json
 import logging
 from collections import OrderedDict
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from chatd.broker import Broker
 from chatd.config import Config
 from chatd.errors import NotFound
 from chatd.hub import Conn, Hub, text_frame
 from chatd.models import Change, Message, Room, User, variant
 from chatd.rules import dm_peer
 from chatd.store import Store
+
+if TYPE_CHECKING:
+    from chatd.services.peers import Peers
 
 log = logging.getLogger("chatd.live")
 POLICY_VIOLATION = 1008  # closes the sockets of a revoked session or token: do not come back
@@ -44,6 +48,7 @@ REPLAY_PAGE = 100  # read from the database this many at a time
 PRESENCE_DELAY = 0.2
 NOTIFY_SNIPPET = 140
 JSON_CACHE = 20_000
+CATCH_UP_PAGE = 2000  # changes read back from the database at a time (Live.catch_up)
 
 
 class Renderer(Protocol):
@@ -68,14 +73,19 @@ def event_frame(data: object) -> bytes:
 
 
 class Live:
-    def __init__(self, config: Config, store: Store, hub: Hub, renderer: Renderer) -> None:
+    def __init__(self, config: Config, store: Store, hub: Hub, renderer: Renderer,
+                 broker: Broker | None = None) -> None:
         self.config = config
         self.store = store
         self.hub = hub
         self.renderer = renderer
+        # The other processes of this server (chatd.broker); in-process, it carries nothing.
+        self.broker = broker or Broker()
+        self.peers: Peers | None = None  # set by Services when the broker is shared
         self.access = hub.access
         self.user_ids: dict[str, int] = {}
-        # The highest message id handed to the hub: a replay reads up to it, live frames after it.
+        # The highest change id delivered here: a replay reads up to it, live frames after it.
+        # Every id up to it has been delivered, in order (Live.take).
         self.published = 0
         self._auth_acted = 0  # store.auth_epoch the last revocation sweep acted on
         self._rooms_acted = 0  # store.rooms_epoch the last room reload acted on
@@ -105,9 +115,15 @@ class Live:
 
     # -- access: every change right after its commit, in the same turn of the loop ------------
 
-    def room_added(self, room: Room, members: list[int]) -> None:
+    def room_added(self, room: Room, members: list[int], share: bool = True) -> None:
         """A new room: readable from now on (by its members, for a private one)."""
         self.access.add_room(room.id, room.kind, members, room.archived)
+        if share:
+            self.share_room(room.id)
+
+    def share_room(self, room_id: int) -> None:
+        """Other processes read this room and its members again (chatd.services.peers)."""
+        self.broker.notify({"t": "room", "r": room_id})
 
     def room_created(self, room: Room, creator_id: int) -> None:
         """A room created: readable at once; streams that may read it are told, and it goes into
@@ -117,35 +133,45 @@ class Live:
         self.hub.send_to(list(streams), event_frame({"type": "room_updated", "room": room.to_json(0)}))
         self._show(creator_id, room)
 
-    def member_added(self, room: Room, user_id: int) -> None:
+    def member_added(self, room: Room, user_id: int, share: bool = True) -> None:
         """The user's open streams get the room's events from now on, without reconnecting,
         and their tabs list it."""
         self.access.grant(room.id, user_id)
+        if share:
+            self.share_room(room.id)
         frame = event_frame({"type": "room_updated", "room": room.to_json(0)})
         self.hub.send_to(self._sockets(user_id, "stream"), frame)
         self._show(user_id, room)
 
-    def member_removed(self, room: Room, user_id: int) -> None:
+    def member_removed(self, room: Room, user_id: int, share: bool = True) -> None:
         if self.access.revoke(room.id, user_id):
             self._lost(room, [user_id])
+        if share:
+            self.share_room(room.id)
 
-    def joined(self, user_id: int, room: Room) -> None:
+    def joined(self, user_id: int, room: Room, share: bool = True) -> None:
         """The user joined a public room (with Join, by opening it or by posting in it)."""
+        if share:
+            self.broker.notify({"t": "marks", "u": user_id, "r": room.id, "op": "joined"})
         streams = self._sockets(user_id, "stream")
         if streams:
             _, unread = self.store.sidebar_state(user_id, room)
             self.hub.send_to(streams, event_frame({"type": "room_updated", "room": room.to_json(unread)}))
         self._show(user_id, room)
 
-    def left(self, user_id: int, room: Room) -> None:
+    def left(self, user_id: int, room: Room, share: bool = True) -> None:
         """The user left a public room: out of the sidebar of every tab of theirs, the room's own
         included (it stays readable, so nothing closes)."""
+        if share:
+            self.broker.notify({"t": "marks", "u": user_id, "r": room.id, "op": "left"})
         self.hub.send_to(self._sockets(user_id, "browser"), event_frame({"room_removed": room.slug, "left": True}))
 
-    def room_archived(self, room: Room) -> None:
+    def room_archived(self, room: Room, share: bool = True) -> None:
         """Tabs showing the room load it again (without a composer, or with it back); the other
         tabs of those who may read it drop it from the sidebar, or list it again if theirs would."""
         self.access.set_archived(room.id, room.archived)
+        if share:
+            self.share_room(room.id)
         self.hub.send_to(list(self.hub.viewers.get(room.id, ())), event_frame({"reload": True}))
         tabs = [c for c in self.hub.readers(room.id) if c.kind == "browser" and c.room_id != room.id]
         if room.archived:
@@ -154,10 +180,12 @@ class Live:
         for user_id in {c.user.id for c in tabs}:
             self._show(user_id, room)
 
-    def room_deleted(self, room: Room) -> None:
+    def room_deleted(self, room: Room, share: bool = True) -> None:
         readers = {c.user.id for c in self.hub.readers(room.id)}
         self.access.remove_room(room.id)
         self._lost(room, list(readers))
+        if share:
+            self.share_room(room.id)
 
     def _lost(self, room: Room, user_ids: list[int]) -> None:
         """These users may no longer read the room: their streams are told, their tabs drop it
@@ -216,22 +244,68 @@ class Live:
             self._rooms_acted = store.rooms_epoch
             changed, gone = store.reload_rooms_now()
             for room in gone:
-                self.room_deleted(room)
+                self.room_deleted(room, share=False)
             for room in changed:
                 if bool(room.archived) != (room.id in self.access.archived):
-                    self.room_archived(room)
+                    self.room_archived(room, share=False)
 
     # -- messages ---------------------------------------------------------------
 
-    def on_commit(self, log: list[Change], listed: list[Message]) -> None:
-        """Hand each committed change to the hub (which asks `encode` for each wire form it
-        needs, once); then tell the authors of `listed` that their post brought its room into
-        their sidebar, and those whose unread count a deletion lowered."""
+    def committed(self, log: list[Change]) -> None:
+        """A commit of this process (the message writer calls this right after it): the other
+        processes hear of it, and it is delivered here."""
+        self.broker.publish(log)
+        self.hub.metrics.messages_stored += sum(1 for c in log if c.kind == "message")
+        self.take(log)
+
+    def remote_changes(self, changes: list[Change]) -> None:
+        """Another process's commit, from the broker."""
+        self.take(changes)
+
+    def take(self, log: list[Change]) -> None:
+        """Deliver changes in id order, each once, with no gap. Ids are given out in commit
+        order (in the transaction, under the database's write lock), so when a change arrives
+        whose id is not the next one, the ones between are in the database already: they are
+        read from there first (catch_up). What was delivered already is skipped."""
+        if not log or log[-1].id <= self.published:
+            self.ensure_current()
+            return
+        expected = self.published + 1
+        for change in log:
+            if change.id != expected:
+                self.catch_up(log[-1].id)
+                return
+            expected += 1
+        self._deliver(log, log[-1].id)
+
+    def catch_up(self, upto: int | None = None) -> int:
+        """Deliver what the database holds after the newest change delivered here, up to
+        `upto` (default: the newest there is); returns how many changes that was."""
+        if upto is None:
+            upto = self.store.newest_id()
+        count = 0
+        while self.published < upto:
+            last, page = self.store.changes_between(self.published, upto, CATCH_UP_PAGE)
+            # Ids with nothing behind them now (deleted rooms' messages) are passed over.
+            self._deliver(page, last or upto)
+            count += len(page)
+        if count:
+            log.debug("event=caught_up changes=%d upto=%d", count, upto)
+        return count
+
+    def _deliver(self, log: list[Change], upto: int) -> None:
+        """Hand each change to the hub (which asks `encode` for each wire form it needs, once),
+        after the in-memory mirror took it in; then tell the authors of messages that brought
+        a room into their sidebar, and those whose unread count a deletion lowered."""
         self.ensure_current()
+        self.published = max(self.published, upto)
         if not log:
             return
-        self.published = max(self.published, log[-1].id)
-        self.hub.metrics.messages_stored += sum(1 for c in log if c.kind == "message")
+        rooms = self.store.rooms
+        for change in log:
+            if change.room_id not in rooms:  # made by another process, whose notice is on its way
+                self.room_changed_elsewhere(change.room_id)
+        listed = self.store.apply(log)
         self.hub.publish(log)
         for change in log:
             if change.kind == "deleted":
@@ -243,7 +317,88 @@ class Live:
             if room.kind == "dm":
                 self._show(message.author_id, room, dm_peer(room.slug, message.author))
             else:
-                self.joined(message.author_id, room)
+                self.joined(message.author_id, room, share=False)  # every process sees the message
+
+    # -- what the other processes changed (chatd.services.peers calls these) ----------------
+
+    def remote_notice(self, node: str, notice: dict[str, object]) -> None:
+        if self.peers is not None:
+            self.peers.notice(node, notice)  # type: ignore[arg-type]
+
+    def spent(self, user_id: int) -> None:
+        """A message let through the rate limit here counts on the other processes too."""
+        if self.peers is not None:
+            self.peers.spend(user_id)
+
+    def room_changed_elsewhere(self, room_id: int) -> None:
+        """Another process changed a room, its members or its archived state: read it again
+        and act on the difference, as that process did for its own sockets."""
+        self._sync_room(*self.store.reload_room_now(room_id))
+
+    def _sync_room(self, before: Room | None, room: Room | None, members: set[int]) -> None:
+        access = self.access
+        if room is None:
+            if before is not None:
+                self.room_deleted(before, share=False)
+            return
+        if room.id not in access.public and room.id not in access.closed:
+            access.add_room(room.id, room.kind, members, room.archived)
+            if room.kind == "dm":
+                return  # in the sidebar with its first message, as here
+            streams = self.hub.streams if room.kind == "public" else [
+                c for uid in members for c in self._sockets(uid, "stream")]
+            self.hub.send_to(list(streams), event_frame({"type": "room_updated", "room": room.to_json(0)}))
+            for uid in members:
+                self.store.forget_user_marks(uid)
+                self._show(uid, room)
+            return
+        if room.kind != "public":
+            had = set(access.members(room.id) or ())
+            for uid in (members - had) | (had - members):
+                self.store.forget_user_marks(uid)
+            for uid in members - had:
+                self.member_added(room, uid, share=False)
+            for uid in had - members:
+                self.member_removed(room, uid, share=False)
+        if bool(room.archived) != (room.id in access.archived):
+            self.room_archived(room, share=False)
+
+    def marks_changed_elsewhere(self, user_id: int, room_id: int, op: str) -> None:
+        """Another process moved a user's read mark or sidebar state: read theirs again, and
+        tell their sockets here as that process told its own."""
+        self.store.forget_user_marks(user_id)
+        room = self.store.rooms.get(room_id)
+        conns = self.hub.by_user.get(user_id)
+        if room is None or not conns:
+            return
+        if op == "joined":
+            self.joined(user_id, room, share=False)
+        elif op == "left":
+            self.left(user_id, room, share=False)
+        else:
+            _, unread = self.store.sidebar_state(user_id, room)
+            self.read_changed(next(iter(conns)).user, room, unread, share=False)
+
+    def credentials_changed(self) -> None:
+        """Sessions or tokens were revoked here: close their sockets, on every process."""
+        self.ensure_current()
+        self.broker.notify({"t": "auth"})
+
+    def credentials_changed_elsewhere(self) -> None:
+        self.store.force_look()
+        self.ensure_current()
+
+    def resync(self) -> None:
+        """The broker's connection came back: whatever the other processes changed meanwhile
+        is read again from the database (rooms, members, read marks, credentials, then the
+        change log), as if every notice had been lost."""
+        self.store.forget_user_marks(None)
+        self.credentials_changed_elsewhere()
+        for before, room, members in self.store.reload_all_rooms_now():
+            self._sync_room(before, room, members)
+        self.catch_up()
+        if self.peers is not None:
+            self.peers.hello()
 
     def _recount(self, room_id: int) -> None:
         """A message was deleted: the tabs elsewhere of those who may read the room get its
@@ -339,8 +494,9 @@ class Live:
     async def attach(self, conn: Conn, since: int | None, room: Room | None = None) -> None:
         """Register a socket; with `since`, replay what it missed with no gap or duplicate."""
         conn.held = [] if since is not None else None
-        if self.hub.add(conn):
+        if self.hub.add(conn) and not self.hub.online_elsewhere(conn.user.id):
             self._presence_changed(conn.user.id, True)
+        self._share_sockets(conn.user)
         self.ensure_current()  # after add: a credential ended since the upgrade closes this socket too
         if conn.room_id is not None:
             # Whatever changed between rendering the page and this socket opening.
@@ -348,6 +504,8 @@ class Live:
         log.info("event=connect user=%s kind=%s ip=%s", conn.user.username, conn.kind, conn.ip)
         if since is None:
             return
+        if self.broker.shared:
+            self.catch_up()  # what other processes committed before this socket came, as replay
         upto = self.published  # later messages are held as they are published, then sent
         try:
             sent = await self._replay(conn, since, upto, room)
@@ -378,8 +536,9 @@ class Live:
         return False
 
     def detach(self, conn: Conn) -> None:
-        if self.hub.remove(conn):
+        if self.hub.remove(conn) and not self.hub.online_elsewhere(conn.user.id):
             self._presence_changed(conn.user.id, False)
+        self._share_sockets(conn.user)
         log.info("event=disconnect user=%s kind=%s ip=%s", conn.user.username, conn.kind, conn.ip)
 
     def acknowledge_retry(self, conn: Conn, message: Message, created: bool) -> None:
@@ -391,6 +550,15 @@ class Live:
         self.hub.send_to([conn], event_frame(data))
 
     # -- presence -------------------------------------------------------------------
+
+    def _share_sockets(self, user: User) -> None:
+        """The other processes count this user's sockets here (presence, connection limits)."""
+        if self.broker.shared:
+            self.broker.notify({"t": "conn", "u": user.id, "name": user.username, "k": self.hub.count_here(user.id)})
+
+    def presence_changed(self, user_id: int, online: bool) -> None:
+        """Another process's sockets made a user come online or go offline (chatd.services.peers)."""
+        self._presence_changed(user_id, online)
 
     def _presence_changed(self, user_id: int, online: bool) -> None:
         # A flap (online then offline before the flush) cancels out.
@@ -450,14 +618,21 @@ class Live:
         self._typing_seen[key] = now
         if len(self._typing_seen) > 50_000:
             self._typing_seen.clear()
-        stream = event_frame({"type": "typing", "room": room.slug, "user": user.username})
-        tab = event_frame({"typing": user.username, "room": room.slug})
+        self.typing_here(user.id, user.username, room)
+        self.broker.notify({"t": "typing", "u": user.id, "name": user.username, "r": room.id})
+
+    def typing_here(self, user_id: int, username: str, room: Room) -> None:
+        """This process's sockets that watch the room, but the typist's, hear of it."""
+        stream = event_frame({"type": "typing", "room": room.slug, "user": username})
+        tab = event_frame({"typing": username, "room": room.slug})
         for conn in self.hub.watchers(room.id):
-            if conn.user.id != user.id:
+            if conn.user.id != user_id:
                 self.hub.send_to([conn], stream if conn.kind == "stream" else tab)
 
-    def read_changed(self, user: User, room: Room, unread: int) -> None:
+    def read_changed(self, user: User, room: Room, unread: int, share: bool = True) -> None:
         """Every tab of this user learns the room's new unread count."""
+        if share:
+            self.broker.notify({"t": "marks", "u": user.id, "r": room.id, "op": "read"})
         if not self.access.may_read(user.id, room.id):
             return
         frame = event_frame({"unread_set": {room.slug: unread}})
@@ -478,6 +653,7 @@ class Live:
 
     def close_credential(self, token_hash: bytes) -> None:
         self.close([c for c in self.hub.conns if c.credential.token_hash == token_hash])
+        self.broker.notify({"t": "auth"})
 
     def close(self, conns: list[Conn]) -> None:
         """Send these sockets 1008; the hub finishes the closing handshake."""

@@ -232,6 +232,12 @@ class AccountsStore(StoreBase):
         if not self._auth_looked:
             self._read(self._credentials_current)
 
+    def force_look(self) -> None:
+        """Another process says credentials or rooms changed: read their versions at the next
+        look even if this connection saw no commit (with the other process's message batch)."""
+        self._watch_seen = None
+        self._auth_looked = False
+
     def _credentials_current(self, conn: sqlite3.Connection) -> None:
         """Empty the session and token caches if a credential may have changed since.
 

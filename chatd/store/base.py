@@ -16,7 +16,7 @@ from chatd.store.rows import _MESSAGE, _messages
 from chatd.store.writer import MessageWriter, OnLatency
 
 T = TypeVar("T")
-Committed = Callable[[list[Change], list[Message]], None]
+Committed = Callable[[list[Change]], None]
 MARKS_CACHE = 5_000
 
 _USER = "SELECT id, username, admin, active FROM users"
@@ -144,15 +144,22 @@ class StoreBase(Mirror):
         await self._writer.close()
 
     def start_writer(self, on_commit: Committed, on_latency: OnLatency) -> MessageWriter:
-        """Start the message writer; after each commit, `on_commit(messages, listed)` gets the
-        messages and those of them that brought a room into their author's sidebar."""
-
-        def committed(log: list[Change]) -> None:
-            on_commit(log, self.apply(log))
-
-        self.messages_writer = MessageWriter(self._writer, committed, on_latency, self._inline_writer)
+        """Start the message writer; after each commit, `on_commit(changes)` gets what it
+        changed (the caller hands them to `apply`, in id order with the other processes')."""
+        self.messages_writer = MessageWriter(self._writer, on_commit, on_latency, self._inline_writer)
         self.messages_writer.start()
         return self.messages_writer
+
+    async def channel_name(self) -> str:
+        """The broker channel of the server this database belongs to: its processes, and only
+        they, share it (a random id kept in the database; a copy of the file shares it too,
+        so a copy served beside the original needs a Redis database of its own)."""
+
+        def op(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('server_id', lower(hex(randomblob(8))))")
+            return conn.execute("SELECT value FROM meta WHERE key = 'server_id'").fetchone()[0]
+
+        return "chatd:" + await self._writer.run(op)
 
     async def check(self) -> None:
         self._read(lambda c: c.execute("SELECT 1").fetchone())

@@ -26,8 +26,10 @@ def lock_path(db: Path) -> Path:
 
 
 @contextlib.contextmanager
-def hold_database(db: Path) -> Iterator[None]:
-    """Hold the database's lock for the block, or refuse with one sentence."""
+def hold_database(db: Path, shared: bool = False) -> Iterator[None]:
+    """Hold the database's lock for the block, or refuse with one sentence. `shared`: the
+    processes of one server joined by a broker hold it together (and a server without a
+    broker then cannot take it, nor they while such a server holds it)."""
     path = lock_path(db)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -38,16 +40,21 @@ def hold_database(db: Path) -> Iterator[None]:
         raise StorageUnavailable(f"cannot create the lock file {os.path.abspath(path)}: {exc.strerror}") from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _pid_in(fd)
+            if shared:
+                raise Conflict(f"a chatd serve without --broker is using the database {os.path.abspath(db)}"
+                               f"{f' (pid {holder})' if holder else ''}; stop it first, or give it the same "
+                               "--broker") from None
             raise Conflict(f"another chatd serve is already using the database {os.path.abspath(db)}"
                            f"{f' (pid {holder})' if holder else ''}; stop it first") from None
         # The pid is for the sentence above and for people; the lock itself is the flock
         # (so a full disk, which the store will name, does not stop it here).
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if not shared:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -47,11 +47,11 @@ class Mirror:
         """One commit of the change log: new messages move their room's counts on (and are
         kept), changed ones are replaced, deleted ones dropped. Returns the new messages that
         brought their room into their author's sidebar (see _count_messages)."""
-        messages = [c.message for c in log if c.kind == "message" and c.message is not None]
-        if len(messages) != len(log):
+        new = [c for c in log if c.kind == "message" and c.message is not None]
+        if len(new) != len(log):
             self.changed([c for c in log if c.kind != "message"])
-        self.remember(messages)
-        return self._count_messages(messages)
+        self.remember([c.message for c in new])  # type: ignore[misc]
+        return self._count_messages(new)
 
     def note_room(self, room: Room) -> None:
         """Record a new or changed room in the in-memory room table."""
@@ -86,14 +86,16 @@ class Mirror:
         room_id = self._slugs.get(slug)
         return None if room_id is None else self.rooms.get(room_id)
 
-    def _count_messages(self, messages: list[Message]) -> list[Message]:
+    def _count_messages(self, new: list[Change]) -> list[Message]:
         """Committed messages: room counts move on, and posting reads the room for its author
         (and joins a public one). Returns the messages that brought their room into their
         author's sidebar: the author had not joined the public room, or it is a DM's first."""
         self.epoch += 1
         rooms = self.rooms
         listed = []
-        for m in messages:
+        for change in new:
+            m = change.message
+            assert m is not None
             room = rooms.get(m.room_id)
             if room is not None:
                 if room.kind == "dm":
@@ -102,7 +104,11 @@ class Mirror:
                     brought_in = room.kind == "public" and not self._joined_now(m.author_id, room.id)
                 if brought_in:
                     listed.append(m)
-                room = rooms[m.room_id] = room._replace(last_message_id=m.id, message_count=room.message_count + 1)
+                # Its position, where known: a process that missed a message (created and deleted
+                # before it read it back from the database) still counts the room right.
+                count = max(room.message_count, change.seq) if change.seq else room.message_count + 1
+                room = rooms[m.room_id] = room._replace(last_message_id=max(room.last_message_id, m.id),
+                                                        message_count=count)
                 self.note_mark(m.author_id, room.id, room.message_count, create=room.kind == "public")
                 if room.kind == "public":
                     self.note_state(m.author_id, room.id, 1)
@@ -156,6 +162,16 @@ class Mirror:
         if marks is not None:
             marks.pop(room_id, None)
 
+    def forget_user_marks(self, user_id: int | None) -> None:
+        """Another process moved this user's marks (None: anyone's): read them again on use."""
+        self.epoch += 1
+        if user_id is None:
+            self._marks.clear()
+            self._states.clear()
+        else:
+            self._marks.pop(user_id, None)
+            self._states.pop(user_id, None)
+
     def changed(self, log: list[Change]) -> None:
         """Committed edits, reaction changes and deletions: the caches that hold messages take
         them in (the recent messages, the newest ids per room, the deleted positions)."""
@@ -165,6 +181,9 @@ class Mirror:
                 if change.message_id in self._recent:
                     self._recent[change.message_id] = change.message
             elif change.kind == "deleted":
+                room = self.rooms.get(change.room_id)
+                if room is not None and change.seq > room.message_count:  # see _count_messages
+                    self.rooms[change.room_id] = room._replace(message_count=change.seq)
                 self._recent.pop(change.message_id, None)
                 self._latest.pop(change.room_id, None)  # read again: it may now hold too few
                 bisect.insort(self._gone.setdefault(change.room_id, []), change.seq)

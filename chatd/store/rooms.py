@@ -314,6 +314,47 @@ class RoomsStore(StoreBase):
         it: returns (rooms whose name or archived state changed, rooms that are gone)."""
         return self._read(self._reload_rooms)
 
+    def reload_room_now(self, room_id: int) -> tuple[Room | None, Room | None, set[int]]:
+        """Read one room and its members again (another process changed them): returns the
+        room as known before, as it is now (None when gone) and its members (private rooms
+        and DMs), with the in-memory table updated."""
+        return self._read(self._reload_room, room_id)
+
+    def reload_all_rooms_now(self) -> list[tuple[Room | None, Room | None, set[int]]]:
+        """reload_room_now for every room there is or was known."""
+
+        def op(conn: sqlite3.Connection) -> list[tuple[Room | None, Room | None, set[int]]]:
+            members: dict[int, set[int]] = {}
+            for room_id, user_id in conn.execute(
+                    "SELECT m.room_id, m.user_id FROM memberships m JOIN rooms r ON r.id = m.room_id"
+                    " WHERE r.kind <> 'public'"):
+                members.setdefault(room_id, set()).add(user_id)
+            found = {row[0]: Room._make(row) for row in conn.execute(_ROOM)}
+            out = [(self.forget_room(i), None, set()) for i in list(self.rooms) if i not in found]
+            for room_id, row in found.items():
+                out.append((*self._merge_room(row), members.get(room_id, set())))
+            return out
+
+        return self._read(op)
+
+    def _reload_room(self, conn: sqlite3.Connection, room_id: int) -> tuple[Room | None, Room | None, set[int]]:
+        row = conn.execute(f"{_ROOM} WHERE id = ?", (room_id,)).fetchone()
+        if row is None:
+            return self.forget_room(room_id), None, set()
+        before, room = self._merge_room(Room._make(row))
+        members = set() if room.kind == "public" else {
+            r[0] for r in conn.execute("SELECT user_id FROM memberships WHERE room_id = ?", (room_id,))}
+        return before, room, members
+
+    def _merge_room(self, found: Room) -> tuple[Room | None, Room]:
+        """Note a room read from the database; counts in memory may be a commit ahead of the
+        read, so they are kept."""
+        before = self.rooms.get(found.id)
+        room = found if before is None else before._replace(name=found.name, archived=found.archived)
+        if room != before:
+            self.note_room(room)
+        return before, room
+
     def _reload_rooms(self, conn: sqlite3.Connection) -> tuple[list[Room], list[Room]]:
         found = {row[0]: Room._make(row) for row in conn.execute(_ROOM)}
         changed = []
@@ -397,28 +438,15 @@ class RoomsStore(StoreBase):
         Returns the last id read (0 at the end) with them."""
 
         def op(conn: sqlite3.Connection) -> tuple[int, list[Change]]:
-            where, args = _replay_scope(user, room)
-            rows = conn.execute(
-                f"SELECT c.id, c.kind, c.room_id, c.message_id, c.seq FROM ({_CHANGES}) c"
-                f" JOIN rooms r ON r.id = c.room_id WHERE {where} ORDER BY c.id LIMIT ?",
-                (after, upto, *args, limit)).fetchall()
-            if not rows:
-                return 0, []
-            wanted = list({r[3] for r in rows if r[1] != "deleted"})
-            found: dict[int, Message] = {}
-            for i in range(0, len(wanted), 500):
-                part = wanted[i:i + 500]
-                found.update((m.id, m) for m in _messages(conn.execute(
-                    f"{_MESSAGE} WHERE m.id IN ({','.join('?' * len(part))})", part).fetchall()))
-            page = []
-            for cid, kind, room_id, message_id, seq in rows:
-                if kind == "deleted":
-                    page.append(Change(cid, "deleted", room_id, message_id, 0, None, seq or 0))
-                elif (message := found.get(message_id)) is not None:
-                    page.append(Change(cid, kind, room_id, message_id, message.author_id, message))
-            return rows[-1][0], page
+            return _changes_page(conn, after, upto, limit, *_replay_scope(user, room))
 
         return await self._reader.run(op)
+
+    def changes_between(self, after: int, upto: int, limit: int) -> tuple[int, list[Change]]:
+        """The change log in (after, upto], every room, at most `limit` (inline: what another
+        process committed since this one's last delivery, a few rows). Returns the last id
+        read (0 when none) with them."""
+        return self._read(lambda conn: _changes_page(conn, after, upto, limit, "1", ()))
 
     def newest_id(self) -> int:
         """The highest id of the change log given out, deleted messages' included."""
@@ -439,9 +467,35 @@ def _listed(room: Room, unread: int, marks: dict[int, int], states: dict[int, in
 
 # The change log between two ids: new messages (their own events) and the events table.
 _CHANGES = (
-    "SELECT id, 'message' AS kind, room_id, id AS message_id, NULL AS seq FROM messages WHERE id > ?1 AND id <= ?2"
+    "SELECT id, 'message' AS kind, room_id, id AS message_id, seq FROM messages WHERE id > ?1 AND id <= ?2"
     " UNION ALL SELECT id, kind, room_id, message_id, seq FROM events WHERE id > ?1 AND id <= ?2"
 )
+
+
+def _changes_page(conn: sqlite3.Connection, after: int, upto: int, limit: int, where: str,
+                  args: tuple[int, ...]) -> tuple[int, list[Change]]:
+    """The next `limit` changes in (after, upto] in id order, each as the change log has it now:
+    a new message or an update as the message is now, none of a message deleted since."""
+    rows = conn.execute(
+        f"SELECT c.id, c.kind, c.room_id, c.message_id, c.seq FROM ({_CHANGES}) c"
+        f" JOIN rooms r ON r.id = c.room_id WHERE {where} ORDER BY c.id LIMIT ?",
+        (after, upto, *args, limit)).fetchall()
+    if not rows:
+        return 0, []
+    wanted = list({r[3] for r in rows if r[1] != "deleted"})
+    found: dict[int, Message] = {}
+    for i in range(0, len(wanted), 500):
+        part = wanted[i:i + 500]
+        found.update((m.id, m) for m in _messages(conn.execute(
+            f"{_MESSAGE} WHERE m.id IN ({','.join('?' * len(part))})", part).fetchall()))
+    page = []
+    for cid, kind, room_id, message_id, seq in rows:
+        if kind == "deleted":
+            page.append(Change(cid, "deleted", room_id, message_id, 0, None, seq or 0))
+        elif (message := found.get(message_id)) is not None:
+            page.append(Change(cid, kind, room_id, message_id, message.author_id, message,
+                               (seq or 0) if kind == "message" else 0))
+    return rows[-1][0], page
 
 
 def _replay_scope(user: User | None, room: Room | None) -> tuple[str, tuple[int, ...]]:

@@ -176,8 +176,9 @@ class MessageWriter:
             return
         started = time.perf_counter()
         self.writing = len(batch)
+        seqs: dict[int, int] = {}  # new message id -> its position in its room
         try:
-            results = await self._insert(batch)
+            results = await self._insert(batch, seqs)
         except sqlite3.Error as exc:
             error: ChatdError = storage_error(exc) or StorageUnavailable(
                 "the server could not store the message"
@@ -197,7 +198,7 @@ class MessageWriter:
             if isinstance(result[0], Message):
                 if result[1]:  # created, not a retry
                     m = result[0]
-                    log_.append(Change(m.id, "message", m.room_id, m.id, m.author_id, m))
+                    log_.append(Change(m.id, "message", m.room_id, m.id, m.author_id, m, seqs.get(m.id, 0)))
             elif result[0] is not None:
                 log_.append(result[0])
         try:
@@ -212,11 +213,11 @@ class MessageWriter:
             else:
                 item.future.set_result(result)
 
-    async def _insert(self, batch: list[Item]) -> list[Result | ChangeResult]:
+    async def _insert(self, batch: list[Item], seqs: dict[int, int]) -> list[Result | ChangeResult]:
         """Inline when the write lock is free; otherwise wait for it on the writer thread."""
         if self._inline is not None:
             try:
-                results = _insert_batch(self._inline, batch)
+                results = _insert_batch(self._inline, batch, seqs)
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
                     raise
@@ -224,7 +225,7 @@ class MessageWriter:
             else:
                 self._since_checkpoint += 1
                 return results
-        return await self._conn.run(_insert_batch, batch)
+        return await self._conn.run(_insert_batch, batch, seqs)
 
     async def _checkpoint(self) -> None:
         """Copy the log into the database file, on the writer thread: the first pass as its
@@ -240,7 +241,9 @@ def _checkpoint(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
-def _insert_batch(conn: sqlite3.Connection, batch: list[Item]) -> list[Result | ChangeResult]:
+def _insert_batch(conn: sqlite3.Connection, batch: list[Item], seqs: dict[int, int]) -> list[Result | ChangeResult]:
+    """Write one batch in one transaction; `seqs` gets each new message's position in its room."""
+    seqs.clear()  # an inline attempt that found the lock taken may have begun it
     results: list[Result | ChangeResult] = []
     with transaction(conn):
         next_id = changes.next_id(conn)
@@ -284,6 +287,7 @@ def _insert_batch(conn: sqlite3.Connection, batch: list[Item]) -> list[Result | 
                          item.created_at, item.client_id, counts[room_id], " ".join(item.mentions)))
             last[room_id] = next_id
             marks[(room_id, item.author.id)] = (item, next_id, counts[room_id])
+            seqs[next_id] = counts[room_id]
             results.append((message, True))
             next_id += 1
         conn.executemany(

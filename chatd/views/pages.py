@@ -388,11 +388,17 @@ async def admin_page(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
+    """{"status", "database", "broker"}: 503 while the database or the broker cannot be used."""
+    broker = request.app[SERVICES].broker
     try:
         await request.app[STORE].check()
+        database = "ok"
     except Exception:
-        return web.json_response({"status": "unavailable"}, status=503)
-    return web.json_response({"status": "ok"})
+        database = "unavailable"
+    state = broker.status() if broker.shared else "none"
+    ok = database == "ok" and state in ("ok", "none")
+    return web.json_response({"status": "ok" if ok else "unavailable", "database": database, "broker": state},
+                             status=200 if ok else 503)
 
 
 @routes.get("/favicon.ico")
