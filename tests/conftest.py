@@ -9,8 +9,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,10 +56,16 @@ def config(tmp_path: Path) -> Config:
 
 
 class Chat:
-    """A running app with helpers to make users, sign in and open sockets."""
+    """A running app with helpers to make users, sign in and open sockets.
 
-    def __init__(self, client: TestClient) -> None:
+    In the configuration "sqlite+redis" (CHATD_TEST_CONFIG, see `configuration`) it is two
+    processes' worth of chatd on one database, joined by a real Redis: `client` is the first
+    and `peer` the second; event streams connect to the second, so every test of the stream
+    checks what crosses from one process to the other."""
+
+    def __init__(self, client: TestClient, peer: TestClient | None = None) -> None:
         self.client = client
+        self.peer = peer or client
 
     @property
     def app(self):
@@ -89,7 +98,7 @@ class Chat:
 
     async def stream(self, headers: dict[str, str], since: int | None = None) -> ClientWebSocketResponse:
         path = "/api/v1/stream" + (f"?since={since}" if since is not None else "")
-        return await self.client.ws_connect(path, headers=headers)
+        return await self.peer.ws_connect(path, headers=headers)
 
 
 async def login(session: ClientSession, name: str, password: str = PASSWORD, next_: str = "/") -> Any:
@@ -106,10 +115,28 @@ def csrf_of(html: str) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
 
 
+CONFIGURATION = os.environ.get("CHATD_TEST_CONFIG", "sqlite")
+CONFIGURATIONS = ("sqlite", "sqlite+redis")
+assert CONFIGURATION in CONFIGURATIONS, f"CHATD_TEST_CONFIG must be one of {CONFIGURATIONS}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"chatd configuration: {CONFIGURATION}"
+
+
+async def start_chat(aiohttp_client: Callable[..., Any], config: Config) -> Chat:
+    """The app for `config`; in "sqlite+redis", two of them joined by the session's Redis."""
+    if CONFIGURATION == "sqlite":
+        return Chat(await aiohttp_client(create_app(config)))
+    url = redis_url()
+    first = await aiohttp_client(create_app(config.replace(broker=url)))
+    second = await aiohttp_client(create_app(config.replace(broker=url)))
+    return Chat(first, second)
+
+
 @pytest.fixture
 async def chat(aiohttp_client: Callable[..., Any], config: Config) -> Chat:
-    client = await aiohttp_client(create_app(config))
-    return Chat(client)
+    return await start_chat(aiohttp_client, config)
 
 
 @pytest.fixture
@@ -117,10 +144,83 @@ def make_chat(aiohttp_client: Callable[..., Any], tmp_path: Path) -> Callable[..
     """Build a chat app with config overrides: `await make_chat(messages_per_second=1)`."""
 
     async def make(**overrides: Any) -> Chat:
-        client = await aiohttp_client(create_app(make_config(tmp_path, **overrides)))
-        return Chat(client)
+        return await start_chat(aiohttp_client, make_config(tmp_path, **overrides))
 
     return make
+
+
+# -- private Redis (and, later, PostgreSQL) servers for the tests ----------------------------------
+
+
+class RedisServer:
+    """`redis-server` on a free loopback port, no persistence, for one test session."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, port: int = 0) -> RedisServer:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            message = "redis-server is not installed (make test installs it)"
+            if os.environ.get("CHATD_REQUIRE_SERVICES"):
+                pytest.fail(message)
+            pytest.skip(message)
+        self.port = port or free_port()
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+        for _ in range(500):
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+                return self
+            except redis.exceptions.ConnectionError:
+                if self.proc.poll() is not None:
+                    raise AssertionError("redis-server exited at start") from None
+                time.sleep(0.02)
+        raise AssertionError("redis-server did not answer")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+_REDIS: list[RedisServer] = []
+
+
+def redis_url() -> str:
+    """The session's Redis, started on first use (stopped at the end of the session)."""
+    if not _REDIS:
+        _REDIS.append(RedisServer(Path(tempfile.mkdtemp(prefix="chatd-redis-"))).start())
+    return _REDIS[0].url
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for server in _REDIS:
+        server.stop()
+        shutil.rmtree(server.directory, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own (tests that stop and restart it)."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
 
 
 async def next_json(ws: ClientWebSocketResponse, kind: str | None = None, timeout: float = 30) -> dict:

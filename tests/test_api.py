@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import Chat
+from conftest import CONFIGURATION, Chat
 
 
 async def test_me_requires_credentials(chat: Chat) -> None:
@@ -196,7 +196,8 @@ async def test_retry_with_same_client_id_is_stored_once(chat: Chat) -> None:
 async def test_healthz(chat: Chat) -> None:
     resp = await chat.client.get("/healthz")
     assert resp.status == 200
-    assert await resp.json() == {"status": "ok"}
+    broker = "none" if CONFIGURATION == "sqlite" else "ok"
+    assert await resp.json() == {"status": "ok", "database": "ok", "broker": broker}
 
 
 async def test_cookie_api_write_needs_same_origin(chat: Chat) -> None:
