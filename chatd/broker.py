@@ -282,6 +282,8 @@ class RedisBroker(Broker):
                 node.remote_notice(str(origin), data)
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
             log.warning("event=broker_bad_message error=%r", str(exc)[:200])
+        except ChatdError as exc:  # the database closing at shutdown, or away for a moment
+            log.warning("event=broker_message_skipped error=%r", exc.message)
         except Exception:  # a bug in handling one message must not stop the listener
             log.exception("event=broker_message_failed")
 

@@ -10,7 +10,7 @@ Each process sends (chatd.services.live.Live, through chatd.broker):
 - `room`: a room, its members or its archived state changed (read again from the database);
 - `marks`: a user's read mark or sidebar state moved (their cached marks are read again);
 - `auth`: credentials were revoked (the revocation sweep runs now, not at the next poll);
-- `spent`: messages sent per user since the last one, taken from the local rate limits.
+- `spent`: messages sent per user in one turn of the event loop, taken from the local rate limits.
 
 Nothing here is trusted for completeness: the database is read for every state a notice
 names, and `resync` after a lost connection reads everything again.
@@ -18,6 +18,7 @@ names, and `resync` after a lost connection reads everything again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -56,16 +57,21 @@ class Peers:
         self.broker.notify({"t": "beat", "users": counts})
 
     def spend(self, user_id: int) -> None:
-        """A message this process let through the rate limit: the others take it off theirs."""
+        """A message this process let through the rate limit: the others take it off theirs,
+        told once per turn of the event loop (so before any notice this process sends later)."""
+        if not self._spent:
+            asyncio.get_running_loop().call_soon(self._send_spent)
         self._spent[user_id] = self._spent.get(user_id, 0) + 1
 
-    def tick(self) -> None:
-        """Every poll (about a second): the beat when due, the spending, the dead processes,
-        and what the database holds that the bus did not bring."""
-        now = time.monotonic()
+    def _send_spent(self) -> None:
         if self._spent:
             spent, self._spent = self._spent, {}
             self.broker.notify({"t": "spent", "s": {str(k): v for k, v in spent.items()}})
+
+    def tick(self) -> None:
+        """Every poll (about a second): the beat when due, the dead processes,
+        and what the database holds that the bus did not bring."""
+        now = time.monotonic()
         if now - self._last_beat >= BEAT_SECONDS:
             self.beat()
         for node, at in list(self.seen.items()):
