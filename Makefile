@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DB     ?= chatd.db
 
-.PHONY: run test test-fast bench lint clean chromium
+.PHONY: run test test-fast bench lint clean chromium services
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,23 @@ chromium:
 	  echo "installing Debian's chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: install chromium
-	$(BIN)/pytest -q -p no:cacheprovider
+# Debian's redis-server for the tests that run chatd as several processes (they start
+# private instances on free loopback ports and stop them).
+services:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing Debian's redis-server for the several-process tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
+# The contract's behaviour again with two processes joined by Redis (docs/scaling.md).
+CONTRACT := tests/test_stream.py tests/test_api.py tests/test_changes.py tests/test_access.py \
+            tests/test_rooms.py tests/test_private.py tests/test_search.py
+
+test: install chromium services
+	CHATD_REQUIRE_SERVICES=1 $(BIN)/pytest -q -p no:cacheprovider
+	CHATD_REQUIRE_SERVICES=1 CHATD_TEST_CONFIG=sqlite+redis $(BIN)/pytest -q -p no:cacheprovider \
+	  -m "not browser" $(CONTRACT)
+
+# Skips the browser, and the several-process tests when redis-server is not installed.
 test-fast: install
 	$(BIN)/pytest -q -p no:cacheprovider -m "not browser"
 

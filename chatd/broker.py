@@ -231,37 +231,43 @@ class RedisBroker(Broker):
     async def _listen(self) -> None:
         delay = RECONNECT_MIN
         while True:
+            if not self.connected:
+                await asyncio.sleep(delay)
+                delay = min(RECONNECT_MAX, delay * 2)
+                if not await self._reconnect():
+                    continue
+                delay = RECONNECT_MIN
             try:
-                while True:
-                    message = await self._pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self._received(message["data"])
-                    delay = RECONNECT_MIN
+                message = await self._pubsub.get_message(timeout=1.0)
             except asyncio.CancelledError:
                 raise
             except self._errors as exc:
-                if self.connected:
-                    self.connected = False
-                    log.warning("event=broker_lost url=%s error=%r", safe_url(self.url), _reason(exc))
-                    self._tell(False)
-                await asyncio.sleep(delay)
-                delay = min(RECONNECT_MAX, delay * 2)
-                await self._reconnect()
+                self.connected = False
+                log.warning("event=broker_lost url=%s error=%r", safe_url(self.url), _reason(exc))
+                self._tell(False)
+                continue
+            if message is not None and message.get("type") == "message":
+                self._received(message["data"])
 
-    async def _reconnect(self) -> None:
+    async def _reconnect(self) -> bool:
+        """A fresh subscription; True when Redis answers again."""
+        old, self._pubsub = self._pubsub, None
+        with contextlib.suppress(Exception):
+            if old is not None:
+                await old.aclose()
         try:
             await self._redis.ping()
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
-            self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            await self._pubsub.subscribe(self._channel)
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            self._pubsub = pubsub
+            await pubsub.subscribe(self._channel)
         except self._errors:
-            return
+            return False
         self.connected = True
         log.info("event=broker_back url=%s", safe_url(self.url))
         self._tell(True)
         assert self._node is not None
         self._node.resync()  # what the others committed meanwhile, from the database
+        return True
 
     def _tell(self, up: bool) -> None:
         if self.on_state is not None:
