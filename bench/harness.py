@@ -4,6 +4,7 @@ the load generator, each pinned to its core; and the databases they start from.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import http.client
 import json
@@ -13,6 +14,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -190,9 +192,50 @@ def wait_healthy(url: str, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def chatd_server(db: Path, cpu: int | None, log: Path) -> ServerProcess:
+def chatd_server(db: Path, cpu: int | None, log: Path, broker: str = "") -> ServerProcess:
     argv = [*chatd_command(), "serve", "--db", str(db), "--port", "0"]
+    if broker:
+        argv += ["--broker", broker]
     return ServerProcess(argv, "chatd serve", cpu, log, CHATD_ENV, db=db)
+
+
+class RedisProcess:
+    """Debian's redis-server on a free loopback port, no persistence, for the broker workloads."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def __enter__(self) -> RedisProcess:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise BenchError("the broker workloads need redis-server (apt-get install redis-server)")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir), "--loglevel", "warning"], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return self
+            time.sleep(0.02)
+        self.__exit__()
+        raise BenchError("redis-server did not answer")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
 
 
 def reference_server(

@@ -126,6 +126,10 @@ ROWS = [
     Row("search_rate", "searches/s", "/s", True, "sqlite", "none: chatd over bare FTS5", lambda v, r: None),
     Row("edits", "change deliveries/s", "/s", True, "chatd:fanout", ">= 0.8x chatd's new messages",
         _ratio_at_least(0.8)),
+    Row("broker_fanout", "deliveries/s, Redis broker", "/s", True, "chatd:fanout",
+        ">= 0.85x chatd without a broker", _ratio_at_least(0.85)),
+    Row("broker_posts", "acked msgs/s, Redis broker", "/s", True, "chatd:posts",
+        ">= 0.85x chatd without a broker", _ratio_at_least(0.85)),
 ]
 ROW_BY_NAME = {row.name: row for row in ROWS}
 
@@ -176,13 +180,14 @@ class Context:
 
 
 @contextlib.contextmanager
-def server(ctx: Context, kind: str, name: str, db: Path | None = None) -> Iterator[ServerProcess]:
-    """Start chatd (on a fresh copy of the template, or on `db`) or a reference server."""
+def server(ctx: Context, kind: str, name: str, db: Path | None = None, broker: str = "") -> Iterator[ServerProcess]:
+    """Start chatd (on a fresh copy of the template, or on `db`; with `broker`, joined to
+    that Redis) or a reference server."""
     assert ctx.template is not None
     cpu = ctx.pinning.server_cpu
     if kind == "chatd":
         db = db or ctx.template.copy_to(ctx.workdir / f"{name}.db")
-        proc = harness.chatd_server(db, cpu, ctx.workdir / f"chatd-{name}.log")
+        proc = harness.chatd_server(db, cpu, ctx.workdir / f"chatd-{name}.log", broker)
     else:
         pages = ctx.pages_db if name in ("pages", "search") else None
         proc = harness.reference_server(kind, ctx.workdir, cpu, ctx.ref_loop, pages)
@@ -230,9 +235,9 @@ def bearer(ctx: Context) -> list[dict[str, str]]:
 # -- workloads: each runs one server once and returns its rows' samples ------------------------------------
 
 
-def run_fanout(ctx: Context, kind: str) -> dict[str, Sample]:
+def run_fanout(ctx: Context, kind: str, broker: str = "") -> dict[str, Sample]:
     s = ctx.sizes
-    with server(ctx, kind, "fanout") as proc:
+    with server(ctx, kind, "fanout", broker=broker) as proc:
         spec = {**base_spec(ctx, proc, "fanout"), "protocol": "stream", "headers": bearer(ctx),
                 "subscribers": s.fanout_subscribers, "senders": s.fanout_senders,
                 "duration": s.fanout_seconds}
@@ -266,16 +271,16 @@ def run_connections(ctx: Context, kind: str) -> dict[str, Sample]:
     return {"connections": sample(result.get("kb_per_connection", float("nan")), result, extra)}
 
 
-def run_posts(ctx: Context, kind: str) -> dict[str, Sample]:
+def run_posts(ctx: Context, kind: str, broker: str = "") -> dict[str, Sample]:
     s = ctx.sizes
-    with server(ctx, kind, "posts") as proc:
+    with server(ctx, kind, "posts", broker=broker) as proc:
         spec = {**base_spec(ctx, proc, "fanout"), "protocol": "stream", "headers": bearer(ctx),
                 "subscribers": s.posts_senders, "senders": s.posts_senders, "duration": s.posts_seconds}
         stream = loadgen(ctx, spec, s.posts_seconds + 2 * s.drain_seconds)
         http = http_posts(ctx, proc)
     stored = stored_problems(proc, stream.get("messages", 0) + http.get("messages", 0))
     posts_http = sample(http.get("acked_per_s", 0.0), http, stored)
-    if kind == "chatd":
+    if kind == "chatd" or broker:
         ceiling = posts_http  # the row compares this same run with the bare server's
     else:
         with server(ctx, "bare", "posts") as bare:
@@ -355,6 +360,21 @@ def run_edits(ctx: Context, kind: str) -> dict[str, Sample]:
     return {"edits": sample(result.get("deliveries_per_s", 0.0), result, stored)}
 
 
+def run_broker_fanout(ctx: Context, kind: str) -> dict[str, Sample]:
+    """The fanout workload against one chatd joined to a private Redis (its reference: the
+    same workload without a broker)."""
+    assert kind == "chatd"
+    with harness.RedisProcess(ctx.workdir) as redis:
+        return {"broker_fanout": run_fanout(ctx, kind, redis.url)["fanout"]}
+
+
+def run_broker_posts(ctx: Context, kind: str) -> dict[str, Sample]:
+    """The posts workload's 16 stream senders, against one chatd joined to a private Redis."""
+    assert kind == "chatd"
+    with harness.RedisProcess(ctx.workdir) as redis:
+        return {"broker_posts": run_posts(ctx, kind, redis.url)["posts"]}
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str
@@ -372,6 +392,8 @@ WORKLOADS = [
     Workload("browser", "bare", ("browser",), run_browser),
     Workload("search", "sqlite", ("search", "search_rate"), run_search),
     Workload("edits", "chatd:fanout", ("edits",), run_edits),
+    Workload("broker_fanout", "chatd:fanout", ("broker_fanout",), run_broker_fanout),
+    Workload("broker_posts", "chatd:posts", ("broker_posts",), run_broker_posts),
 ]
 
 

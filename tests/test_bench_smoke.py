@@ -1,7 +1,8 @@
 """The benchmark's smoke run: every workload, tiny, against the real `chatd serve`.
 
 Proves that `make bench` works (servers start, users and tokens come from the CLI, every
-delivery is counted); it asserts nothing about speed. Needs only chatd's own dependencies:
+delivery is counted); it asserts nothing about speed. Needs chatd's test dependencies and, for the
+broker workloads, Debian's redis-server (make test installs it);
 without picows/uvloop the load generator uses aiohttp's client.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = {
     "fanout", "latency", "connections", "posts", "posts_http", "http_ceiling", "pages_room", "pages_history", "browser",
-    "search", "search_rate", "edits",
+    "search", "search_rate", "edits", "broker_fanout", "broker_posts",
 }
 
 
