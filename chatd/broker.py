@@ -129,6 +129,8 @@ class RedisBroker(Broker):
         self._closing = False
         self._errors: tuple[type[BaseException], ...] = (OSError,)
         self.on_state: Callable[[bool], None] | None = None  # told when the connection drops or returns
+        # Every message this process publishes begins so (_queue puts "n" first).
+        self._own = ('{"n":' + json.dumps(self.node_id) + ",").encode()
 
     @property
     def shared(self) -> bool:
@@ -276,6 +278,8 @@ class RedisBroker(Broker):
     def _received(self, raw: bytes) -> None:
         node = self._node
         assert node is not None
+        if raw.startswith(self._own):
+            return  # our own (delivered when we committed it), passed over without parsing
         try:
             data = json.loads(raw)
             origin = data.get("n")
