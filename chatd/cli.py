@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 from aiohttp import web
@@ -23,13 +23,24 @@ from chatd.models import Room
 from chatd.services import Accounts
 from chatd.store import Store
 from chatd.store.db import DatabaseFault
+from chatd.store.postgres import is_postgres, redacted
 
 T = TypeVar("T")
 log = logging.getLogger("chatd")
 
+class Database(click.ParamType):
+    """A SQLite file, or a postgresql://USER@HOST/NAME URL (kept as text)."""
+
+    name = "FILE|URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        text = str(value)
+        return text if is_postgres(text) else Path(text)
+
+
 db_option = click.option(
-    "--db", "db", type=click.Path(dir_okay=False, path_type=Path), envvar="CHATD_DB",
-    default=None, help="SQLite database file (env CHATD_DB, default ./chatd.db).",
+    "--db", "db", type=Database(), envvar="CHATD_DB", default=None,
+    help="SQLite database file, or postgresql://USER@HOST/NAME (env CHATD_DB, default ./chatd.db).",
 )
 
 
@@ -123,8 +134,8 @@ def serve(db: Path | None, host: str | None, port: int | None, config_file: Path
         # restart), and a probe of the lock would make a server starting that moment refuse.
         run(_check(config), config.db)
         proxy = f"behind a proxy at {', '.join(config.trusted_proxies)}" if config.behind_proxy else "no proxy"
-        click.echo(f"Configuration OK: database {config.db}, listening on {config.host}:{config.port}, {proxy}, "
-                   f"event loop {loop_name}.")
+        click.echo(f"Configuration OK: database {redacted(str(config.db))}, listening on "
+                   f"{config.host}:{config.port}, {proxy}, event loop {loop_name}.")
         return
     run(_serve(config, loop_name), config.db, factory)
 
@@ -304,6 +315,9 @@ def backup(dest: Path, db: Path | None) -> None:
         await store.backup(dest)
 
     source = load_config({"db": db}).db
+    if is_postgres(source):
+        raise click.ClickException("chatd backup copies a SQLite database; back up PostgreSQL with pg_dump "
+                                   "(see docs/scaling.md).")
     if not source.exists():
         # A mistyped --db must not "back up" a fresh empty database.
         raise click.ClickException(f"No database at {source}; check --db or CHATD_DB.")

@@ -26,7 +26,7 @@ EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 @dataclass(frozen=True)
 class Config:
-    db: Path = Path("chatd.db")
+    db: Path | str = Path("chatd.db")  # a SQLite file, or a postgresql://... URL (a str)
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: str = "info"
@@ -136,8 +136,8 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             if text in ("0", "false", "no", "off", ""):
                 return False
             raise ValueError(value)
-        if isinstance(default, Path):
-            return Path(value)
+        if isinstance(default, Path):  # the database: a SQLite file, or a postgresql:// URL
+            return str(value) if str(value).lower().startswith(("postgresql://", "postgres://")) else Path(value)
         if isinstance(default, tuple):
             items = value if isinstance(value, list) else str(value).split(",")
             return tuple(str(item).strip() for item in items if str(item).strip())

@@ -265,6 +265,9 @@ class SearchQuery:
     grams: str | None
     terms: tuple[str, ...]  # what was searched for, for the results page
     runs: tuple[str, ...] = ()  # the text searched by substring (grams), to mark in snippets
+    # `words` as data, for PostgreSQL's tsquery (store/search.py): each phrase's words, and
+    # whether it is a prefix (then one word).
+    phrases: tuple[tuple[tuple[str, ...], bool], ...] = ()
 
 
 def parse_query(q: object) -> SearchQuery:
@@ -284,6 +287,7 @@ def parse_query(q: object) -> SearchQuery:
     grams: list[str] = []
     runs: list[str] = []
     terms: list[str] = []
+    phrases: list[tuple[tuple[str, ...], bool]] = []
     found = list(_TERM.finditer(q))
     for i, match in enumerate(found):
         quoted = match.group(1) is not None
@@ -302,20 +306,23 @@ def parse_query(q: object) -> SearchQuery:
                 terms.append(token)
             else:  # too short for trigrams: found as a word prefix instead
                 words.append(_quote(token) + "*")
+                phrases.append(((token,), True))
                 terms.append(token)
         if not spaced:
             continue
         terms.extend(spaced)
         if quoted and len(spaced) > 1:
             words.append(" + ".join(_quote(t) for t in spaced))
+            phrases.append((tuple(spaced), False))
         else:
             for j, t in enumerate(spaced):
                 # The last word is also a prefix, from 2 characters: one letter would merge
                 # the index entries of a large part of the vocabulary for every search.
                 prefix = last and j == len(spaced) - 1 and len(t) >= MIN_PREFIX
                 words.append(_quote(t) + ("*" if prefix else ""))
+                phrases.append(((t,), prefix))
     return SearchQuery(" AND ".join(words) or None, " AND ".join(grams) or None, tuple(dict.fromkeys(terms)),
-                       tuple(dict.fromkeys(runs)))
+                       tuple(dict.fromkeys(runs)), tuple(phrases))
 
 
 def _quote(token: str) -> str:

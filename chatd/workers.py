@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 import socket
 import sys
@@ -44,18 +45,24 @@ def free_port(host: str) -> int:
 
 
 def worker_argv(config: Config, config_file: Path | None, port: int) -> list[str]:
-    """A worker's command line: the settings this process resolved, one worker, one port."""
-    argv = [sys.executable, "-m", "chatd", "serve", "--db", str(config.db), "--host", config.host,
-            "--port", str(port), "--broker", config.broker, "--workers", "1", "--log-level", config.log_level,
+    """A worker's command line: the settings this process resolved, one worker, one port. The
+    database and broker go in the environment (worker_env): their URLs may hold passwords,
+    which a command line shows to every user of the box."""
+    argv = [sys.executable, "-m", "chatd", "serve", "--host", config.host,
+            "--port", str(port), "--workers", "1", "--log-level", config.log_level,
             "--behind-proxy" if config.behind_proxy else "--no-behind-proxy"]
     if config_file is not None:
         argv += ["--config", str(config_file)]
     return argv
 
 
+def worker_env(config: Config) -> dict[str, str]:
+    return {**os.environ, "CHATD_DB": str(config.db), "CHATD_BROKER": config.broker}
+
+
 class Worker:
-    def __init__(self, number: int, argv: list[str]) -> None:
-        self.number, self.argv = number, argv
+    def __init__(self, number: int, argv: list[str], env: dict[str, str]) -> None:
+        self.number, self.argv, self.env = number, argv, env
         self.process: asyncio.subprocess.Process | None = None
         self.started = 0.0
 
@@ -64,7 +71,7 @@ class Worker:
         self.started = time.monotonic()
         self.process = await asyncio.create_subprocess_exec(
             *self.argv, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
-            preexec_fn=_die_with_parent)
+            preexec_fn=_die_with_parent, env=self.env)
         assert self.process.stdout is not None
         lines: list[str] = []
         while True:
@@ -100,7 +107,7 @@ async def supervise(config: Config, config_file: Path | None) -> int:
         loop.add_signal_handler(sig, stop.set)
     port = config.port or free_port(config.host)
     argv = worker_argv(config, config_file, port)
-    workers = [Worker(n + 1, argv) for n in range(config.workers)]
+    workers = [Worker(n + 1, argv, worker_env(config)) for n in range(config.workers)]
     try:
         printed: list[str] = []
         for worker in workers:  # one after another: the first makes the setup link the others print

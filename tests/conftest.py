@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -44,7 +45,10 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
 
     Tests of the limits themselves pass small values through `make_chat`.
     """
-    base = {"db": tmp_path / "chatd.db", "auth_poll_seconds": 0.05, "port": 0,
+    db: Path | str = tmp_path / "chatd.db"
+    if CONFIGURATION.startswith("postgresql"):
+        db = database_for(tmp_path)
+    base = {"db": db, "auth_poll_seconds": 0.05, "port": 0,
             "messages_per_second": 1000.0, "message_burst": 1000, "rooms_per_hour": 1000}
     base.update(overrides)
     return Config(**base)
@@ -116,7 +120,10 @@ def csrf_of(html: str) -> str:
 
 
 CONFIGURATION = os.environ.get("CHATD_TEST_CONFIG", "sqlite")
-CONFIGURATIONS = ("sqlite", "sqlite+redis")
+# For the few tests that open the SQLite file itself (its schema, FTS5, its migrations).
+sqlite_only = pytest.mark.skipif(CONFIGURATION.startswith("postgresql"),
+                                 reason="reads or writes the SQLite file directly; PostgreSQL has its own tests")
+CONFIGURATIONS = ("sqlite", "sqlite+redis", "postgresql+redis")
 assert CONFIGURATION in CONFIGURATIONS, f"CHATD_TEST_CONFIG must be one of {CONFIGURATIONS}"
 
 
@@ -125,7 +132,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 async def start_chat(aiohttp_client: Callable[..., Any], config: Config) -> Chat:
-    """The app for `config`; in "sqlite+redis", two of them joined by the session's Redis."""
+    """The app for `config`; in "sqlite+redis" and "postgresql+redis", two of them on one
+    database, joined by the session's Redis."""
     if CONFIGURATION == "sqlite":
         return Chat(await aiohttp_client(create_app(config)))
     url = redis_url()
@@ -149,7 +157,128 @@ def make_chat(aiohttp_client: Callable[..., Any], tmp_path: Path) -> Callable[..
     return make
 
 
-# -- private Redis (and, later, PostgreSQL) servers for the tests ----------------------------------
+# -- private Redis and PostgreSQL servers for the tests ---------------------------------------------
+
+
+def _missing(message: str) -> None:
+    if os.environ.get("CHATD_REQUIRE_SERVICES"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+class PostgresServer:
+    """Debian's PostgreSQL as a private instance: a fresh cluster in a temporary directory, on a
+    free loopback port, trusting local connections, for one test session. As root it runs as
+    the `postgres` user (PostgreSQL refuses root). fsync is off: the tests kill chatd, never
+    PostgreSQL, so what PostgreSQL acknowledged it keeps either way."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.databases = 0
+
+    @staticmethod
+    def bin_dir() -> Path | None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+        if found:
+            return found[-1].parent
+        exe = shutil.which("postgres")
+        return Path(exe).parent if exe else None
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://chatd@127.0.0.1:{self.port}/{database}"
+
+    def _as_owner(self) -> list[str]:
+        return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    def start(self) -> PostgresServer:
+        bin_dir = self.bin_dir()
+        if bin_dir is None:
+            _missing("PostgreSQL is not installed (make test installs it)")
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres")
+        data = self.directory / "data"
+        subprocess.run([*self._as_owner(), str(bin_dir / "initdb"), "-D", str(data), "-U", "chatd",
+                        "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"], check=True, capture_output=True)
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [*self._as_owner(), str(bin_dir / "postgres"), "-D", str(data), "-p", str(self.port),
+             "-k", str(self.directory), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+             "-c", "full_page_writes=off", "-c", "max_connections=400"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import psycopg
+        for _ in range(1000):
+            try:
+                psycopg.connect(self.url(), connect_timeout=1).close()
+                break
+            except psycopg.OperationalError:
+                if self.proc.poll() is not None:
+                    raise AssertionError("postgres exited at start") from None
+                time.sleep(0.02)
+        else:
+            raise AssertionError("postgres did not answer")
+        # Every test's database is a copy of one migrated template (a copy takes milliseconds).
+        self.execute("CREATE DATABASE chatd_template")
+        from chatd.store import postgres
+        postgres.connect(self.url("chatd_template")).close()
+        return self
+
+    def execute(self, sql: str) -> None:
+        import psycopg
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(sql)
+
+    def new_database(self) -> str:
+        self.databases += 1
+        name = f"test_{self.databases}"
+        self.execute(f"CREATE DATABASE {name} TEMPLATE chatd_template")
+        return self.url(name)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+_POSTGRES: list[PostgresServer] = []
+_DATABASES: dict[Path, str] = {}
+
+
+def postgres_server() -> PostgresServer:
+    """The session's PostgreSQL, started on first use (stopped at the end of the session)."""
+    if not _POSTGRES:
+        _POSTGRES.append(PostgresServer(Path(tempfile.mkdtemp(prefix="chatd-postgres-"))).start())
+    return _POSTGRES[0]
+
+
+def database_for(tmp_path: Path) -> str:
+    """This test's own PostgreSQL database (one per test, as the SQLite file is)."""
+    if tmp_path not in _DATABASES:
+        _DATABASES[tmp_path] = postgres_server().new_database()
+    return _DATABASES[tmp_path]
+
+
+def query_db(db: Path | str, sql: str, params: tuple = ()) -> list[tuple]:
+    """Rows of one query straight from the database, SQLite file or PostgreSQL URL (? marks)."""
+    if isinstance(db, str):
+        import psycopg
+        with psycopg.connect(db) as conn:
+            if not params:  # as written: its literals may hold ? and %
+                return [tuple(r) for r in conn.execute(sql.encode()).fetchall()]
+            return [tuple(r) for r in conn.execute(sql.replace("%", "%%").replace("?", "%s"), params).fetchall()]
+    import sqlite3
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+@pytest.fixture
+def pg_url(tmp_path: Path) -> str:
+    """A fresh PostgreSQL database for this test, whatever the configuration."""
+    return database_for(tmp_path)
 
 
 class RedisServer:
@@ -167,10 +296,7 @@ class RedisServer:
     def start(self, port: int = 0) -> RedisServer:
         exe = shutil.which("redis-server")
         if exe is None:
-            message = "redis-server is not installed (make test installs it)"
-            if os.environ.get("CHATD_REQUIRE_SERVICES"):
-                pytest.fail(message)
-            pytest.skip(message)
+            _missing("redis-server is not installed (make test installs it)")
         self.port = port or free_port()
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -210,7 +336,7 @@ def redis_url() -> str:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    for server in _REDIS:
+    for server in (*_REDIS, *_POSTGRES):
         server.stop()
         shutil.rmtree(server.directory, ignore_errors=True)
 
@@ -263,18 +389,19 @@ def chatd_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "chatd"]
 
 
-def run_cli(*args: str, db: Path, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, db: Path | str, stdin: str | None = None,
+            env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [*chatd_command(), *args, "--db", str(db)], input=stdin, capture_output=True, text=True,
-        timeout=60, env=full_env, cwd=str(db.parent),
+        timeout=60, env=full_env, cwd=str(db.parent) if isinstance(db, Path) else None,
     )
 
 
 class Server:
     """`chatd serve` in a subprocess on a free port."""
 
-    def __init__(self, db: Path, *extra: str, env: dict | None = None) -> None:
+    def __init__(self, db: Path | str, *extra: str, env: dict | None = None) -> None:
         self.db, self.extra, self.env = db, extra, env or {}
         self.proc: subprocess.Popen | None = None
         self.url = ""
@@ -284,7 +411,7 @@ class Server:
         self.proc = subprocess.Popen(
             [*chatd_command(), "serve", "--db", str(self.db), "--port", str(port), *self.extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **self.env}, cwd=str(self.db.parent),
+            env={**os.environ, **self.env}, cwd=str(self.db.parent) if isinstance(self.db, Path) else None,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
 
 import pytest
 from aiohttp import WSMsgType
 
-from conftest import Chat, csrf_of, next_json, run_cli
+from conftest import Chat, csrf_of, next_json, query_db, run_cli
 
 pytestmark = pytest.mark.usefixtures("no_server_tracebacks")
 
@@ -151,9 +150,8 @@ async def test_deleting_a_room_asks_once_and_takes_its_messages_with_it(chat: Ch
         assert tab.close_code == 1008 and any('"room_removed":"spam"' in f for f in frames)
         assert "#spam was deleted" in await (await root.get(resp.headers["Location"])).text()
     assert (await chat.client.get("/api/v1/rooms/spam/messages", headers=bob)).status == 404
-    with sqlite3.connect(config.db) as db:
-        assert db.execute("SELECT count(*) FROM messages WHERE room_id = ?", (spam_id,)).fetchone()[0] == 0
-        assert db.execute("SELECT count(*) FROM memberships WHERE room_id = ?", (spam_id,)).fetchone()[0] == 0
+    for table in ("messages", "memberships"):
+        assert query_db(config.db, f"SELECT count(*) FROM {table} WHERE room_id = ?", (spam_id,)) == [(0,)]
     # Ids never go back: the deleted room held the newest messages, yet the next is higher.
     after = await post(chat, bob, "general", "after")
     assert after["id"] > max(m["id"] for m in doomed) > before["id"]

@@ -15,9 +15,10 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
-from chatd.errors import StorageUnavailable
+from chatd.errors import BadInput, StorageUnavailable
 from chatd.store.accounts import AccountsStore
 from chatd.store.db import storage_error
+from chatd.store.postgres import redacted
 from chatd.store.rooms import RoomsStore
 from chatd.store.schema import SCHEMA_VERSION
 from chatd.store.search import SearchStore
@@ -38,7 +39,7 @@ class Store(AccountsStore, RoomsStore, SearchStore):
             await self.close()
             if isinstance(exc, sqlite3.Error):
                 raise storage_error(exc) or StorageUnavailable(
-                    f"cannot use the database {self.path}: {exc}") from None
+                    f"cannot use the database {redacted(str(self.path))}: {exc}") from None
             raise
 
     # -- operations ---------------------------------------------------------
@@ -49,6 +50,9 @@ class Store(AccountsStore, RoomsStore, SearchStore):
         The copy is made in a temporary file beside DEST, locked while it is written; what a
         backup killed midway left there is deleted by the next one."""
         dest = Path(dest)
+        if self.postgres:
+            raise BadInput("chatd backup copies a SQLite database; back up PostgreSQL with pg_dump "
+                           "(docs/scaling.md)")
 
         def op(conn: sqlite3.Connection) -> None:
             _remove_leftovers(dest.parent)

@@ -25,15 +25,15 @@ class AccountsStore(StoreBase):
         def op(conn: sqlite3.Connection) -> User:
             with transaction(conn):
                 try:
-                    cur = conn.execute(
-                        "INSERT INTO users (username, password_hash, admin, created_at) VALUES (?, ?, ?, ?)",
-                        (username, password_hash, int(admin), time.time()),
-                    )
+                    user_id = conn.execute(
+                        "INSERT INTO users (username, password_hash, admin, created_at) VALUES (?, ?, ?, ?)"
+                        " RETURNING id", (username, password_hash, int(admin), time.time()),
+                    ).fetchone()[0]
                 except sqlite3.IntegrityError:
                     raise Conflict(f"the user {username} already exists") from None
-                _start_read_state(conn, cur.lastrowid)
+                _start_read_state(conn, user_id)
                 _bump_auth(conn)
-                return _user(conn.execute(f"{_USER} WHERE id = ?", (cur.lastrowid,)).fetchone())
+                return _user(conn.execute(f"{_USER} WHERE id = ?", (user_id,)).fetchone())
 
         return await self._write_credentials(op)
 
@@ -48,12 +48,12 @@ class AccountsStore(StoreBase):
                 ).fetchone():
                     return None
                 conn.execute("DELETE FROM meta WHERE key = 'setup_token'")
-                cur = conn.execute(
-                    "INSERT INTO users (username, password_hash, admin, created_at) VALUES (?, ?, 1, ?)",
+                user_id = conn.execute(
+                    "INSERT INTO users (username, password_hash, admin, created_at) VALUES (?, ?, 1, ?) RETURNING id",
                     (username, password_hash, time.time()),
-                )
-                _start_read_state(conn, cur.lastrowid)
-                return _user(conn.execute(f"{_USER} WHERE id = ?", (cur.lastrowid,)).fetchone())
+                ).fetchone()[0]
+                _start_read_state(conn, user_id)
+                return _user(conn.execute(f"{_USER} WHERE id = ?", (user_id,)).fetchone())
 
         user = await self._writer.run(op)
         if user is None:
@@ -318,6 +318,7 @@ def _start_read_state(conn: sqlite3.Connection, user_id: int) -> None:
     when it opens them (migration 5)."""
     conn.execute(
         "INSERT INTO memberships (room_id, user_id, last_read_id, last_read_seq, sidebar)"
-        " SELECT id, ?, last_message_id, message_count, slug = 'general' FROM rooms WHERE kind = 'public'",
+        " SELECT id, ?, last_message_id, message_count, CASE WHEN slug = 'general' THEN 1 ELSE 0 END"
+        " FROM rooms WHERE kind = 'public'",
         (user_id,),
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -12,10 +14,12 @@ from chatd.errors import StorageUnavailable
 from chatd.models import Change, Message, Room, User
 from chatd.store.db import ThreadConnection, connect_sync, storage_error
 from chatd.store.mirror import LATEST_KEPT, Mirror
+from chatd.store.postgres import is_postgres
 from chatd.store.rows import _MESSAGE, _messages
 from chatd.store.writer import MessageWriter, OnLatency
 
 T = TypeVar("T")
+log = logging.getLogger("chatd.store")
 Committed = Callable[[list[Change]], None]
 MARKS_CACHE = 5_000
 
@@ -41,8 +45,10 @@ class StoreBase(Mirror):
     event loop (small reads; WAL: never waits) and, with synchronous=NORMAL, the inline
     connection that commits message batches (writer.py)."""
 
-    def __init__(self, path: Path, sync: str = "normal") -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | str, sync: str = "normal") -> None:
+        # A postgresql:// URL: PostgreSQL through the same statements (store/postgres.py).
+        self.postgres = is_postgres(path)
+        self.path: Path | str = str(path) if self.postgres else Path(path)
         self.sync = sync
         self._writer = ThreadConnection(self.path, sync, "chatd-writer")  # write transactions
         self._reader = ThreadConnection(self.path, sync, "chatd-reader")  # big reads
@@ -115,13 +121,14 @@ class StoreBase(Mirror):
         try:
             return fn(self._inline, *args)
         except sqlite3.Error as exc:
+            log.debug("event=read_failed error=%r", str(exc))
             raise storage_error(exc) or StorageUnavailable("the database could not be read") from None
 
     async def open(self) -> None:
         await self._writer.open()  # creates and migrates the file first
         await self._reader.open()
         self._inline = await asyncio.to_thread(connect_sync, self.path, self.sync)
-        if self.sync == "normal":  # a commit waits for no disk: messages are written inline
+        if self.sync == "normal" and not self.postgres:  # a commit waits for no disk: messages are written inline
             self._inline_writer = await asyncio.to_thread(connect_sync, self.path, self.sync)
             self._inline_writer.execute("PRAGMA busy_timeout = 0")
             self._inline_writer.execute("PRAGMA wal_autocheckpoint = 0")
@@ -156,7 +163,7 @@ class StoreBase(Mirror):
         so a copy served beside the original needs a Redis database of its own)."""
 
         def op(conn: sqlite3.Connection) -> str:
-            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('server_id', lower(hex(randomblob(8))))")
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('server_id', ?)", (secrets.token_hex(8),))
             return conn.execute("SELECT value FROM meta WHERE key = 'server_id'").fetchone()[0]
 
         return "chatd:" + await self._writer.run(op)

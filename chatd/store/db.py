@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from chatd.errors import SchemaTooNew, StorageUnavailable
+from chatd.store import postgres
+from chatd.store.postgres import PgFault, is_postgres, redacted
 from chatd.store.schema import SCHEMA_VERSION, migrate, schema_version
 
 T = TypeVar("T")
@@ -47,7 +49,9 @@ class DatabaseFault(StorageUnavailable):
         super().__init__(message)
         self.sentence, self.cause, self.sqlite_code = sentence, cause, sqlite_code
 
-    def describe(self, path: Path) -> str:
+    def describe(self, path: Path | str) -> str:
+        if is_postgres(path):
+            return self.sentence.format(path=redacted(str(path)), cause=self.cause)
         sentence, folder = self.sentence, os.path.dirname(os.path.abspath(path))
         # SQLite says "disk I/O error" when a full disk stops its shared-memory file growing,
         # and "unable to open" when a read-only directory keeps it from creating that file.
@@ -66,7 +70,10 @@ def _no_space_left(folder: str) -> bool:
 
 
 def storage_error(exc: sqlite3.Error) -> DatabaseFault | None:
-    """The DatabaseFault for an sqlite3 error caused by the disk or the file, else None."""
+    """The DatabaseFault for an sqlite3 error caused by the disk or the file (or PostgreSQL out
+    of reach), else None."""
+    if isinstance(exc, PgFault):
+        return DatabaseFault(_RETRY, "cannot use the PostgreSQL database {path}: {cause}", exc.cause, 0)
     code = getattr(exc, "sqlite_errorcode", None)  # an extended code; its low byte is the primary
     primary = code & 0xFF if isinstance(code, int) else None
     found = _FAULTS.get(primary) if primary is not None else None
@@ -81,8 +88,14 @@ def _prepare(conn: sqlite3.Connection, sync: str) -> None:
     conn.execute("PRAGMA cache_size = -32000")
 
 
-def connect_sync(path: Path, sync: str = "normal") -> sqlite3.Connection:
-    """Open, set WAL and pragmas, migrate; refuse a database from a newer chatd."""
+def connect_sync(path: Path | str, sync: str = "normal") -> sqlite3.Connection:
+    """Open, set WAL and pragmas, migrate; refuse a database from a newer chatd. A
+    postgresql:// URL opens a PgConnection instead, which speaks the same methods."""
+    if is_postgres(path):
+        try:
+            return postgres.connect(str(path))  # type: ignore[return-value]
+        except PgFault as exc:
+            raise storage_error(exc) from None
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:

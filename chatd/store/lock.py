@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from chatd.errors import Conflict, StorageUnavailable
+from chatd.store.db import storage_error
+from chatd.store.postgres import PgFault, hold_server, is_postgres
 
 
 def lock_path(db: Path) -> Path:
@@ -26,10 +28,17 @@ def lock_path(db: Path) -> Path:
 
 
 @contextlib.contextmanager
-def hold_database(db: Path, shared: bool = False) -> Iterator[None]:
+def hold_database(db: Path | str, shared: bool = False) -> Iterator[None]:
     """Hold the database's lock for the block, or refuse with one sentence. `shared`: the
     processes of one server joined by a broker hold it together (and a server without a
     broker then cannot take it, nor they while such a server holds it)."""
+    if is_postgres(db):
+        try:
+            with hold_server(str(db), shared):
+                yield
+        except PgFault as exc:
+            raise storage_error(exc) from None
+        return
     path = lock_path(db)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -295,7 +295,7 @@ class RoomsStore(StoreBase):
 
         def op(conn: sqlite3.Connection) -> tuple[int, str]:
             with transaction(conn):
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'message_id_floor'", (next_id(conn) - 1,))
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'message_id_floor'", (str(next_id(conn) - 1),))
                 conn.execute("DELETE FROM events WHERE room_id = ?", (room.id,))
                 conn.execute("UPDATE meta SET value = max(CAST(value AS INTEGER), ?) WHERE key = 'room_id_floor'",
                              (room.id,))
@@ -446,7 +446,7 @@ class RoomsStore(StoreBase):
         """The change log in (after, upto], every room, at most `limit` (inline: what another
         process committed since this one's last delivery, a few rows). Returns the last id
         read (0 when none) with them."""
-        return self._read(lambda conn: _changes_page(conn, after, upto, limit, "1", ()))
+        return self._read(lambda conn: _changes_page(conn, after, upto, limit, "1 = 1", ()))
 
     def newest_id(self) -> int:
         """The highest id of the change log given out, deleted messages' included."""

@@ -360,14 +360,14 @@ def _stored_retries(conn: sqlite3.Connection, batch: list[Pending]) -> dict[Retr
 _READ_PUBLIC = (  # a public room gets a read-state row on the fly
     "INSERT INTO memberships (room_id, user_id, last_read_id, last_read_seq) VALUES (?1, ?2, ?3, ?4)"
     " ON CONFLICT (room_id, user_id) DO UPDATE SET"
-    " last_read_id = max(last_read_id, excluded.last_read_id),"
-    " last_read_seq = max(last_read_seq, excluded.last_read_seq)"
+    " last_read_id = max(memberships.last_read_id, excluded.last_read_id),"
+    " last_read_seq = max(memberships.last_read_seq, excluded.last_read_seq)"
 )
 _POSTED_PUBLIC = (  # posting in a public room also joins it (memberships.sidebar, migration 5)
     "INSERT INTO memberships (room_id, user_id, last_read_id, last_read_seq) VALUES (?1, ?2, ?3, ?4)"
     " ON CONFLICT (room_id, user_id) DO UPDATE SET"
-    " last_read_id = max(last_read_id, excluded.last_read_id),"
-    " last_read_seq = max(last_read_seq, excluded.last_read_seq), sidebar = 1"
+    " last_read_id = max(memberships.last_read_id, excluded.last_read_id),"
+    " last_read_seq = max(memberships.last_read_seq, excluded.last_read_seq), sidebar = 1"
 )
 _READ_MEMBER = (  # in a private room or DM a row is membership, which reading must not create
     "UPDATE memberships SET last_read_id = max(last_read_id, ?3), last_read_seq = max(last_read_seq, ?4)"
