@@ -24,14 +24,16 @@ chromium:
 	  echo "installing Debian's chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-# Debian's redis-server for the tests that run chatd as several processes (they start
-# private instances on free loopback ports and stop them).
+# Debian's redis-server and postgresql for the tests that run chatd as several processes
+# (they start private instances on free loopback ports and stop them; Debian's own
+# PostgreSQL cluster, if the package starts one, is left alone).
 services:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "installing Debian's redis-server for the several-process tests"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-server >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing Debian's redis-server and postgresql for the several-process tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server postgresql >/dev/null; }
 
-# The contract's behaviour again with two processes joined by Redis (docs/scaling.md).
+# The contract's behaviour again with two processes joined by Redis, on SQLite and on
+# PostgreSQL (docs/scaling.md).
 CONTRACT := tests/test_stream.py tests/test_api.py tests/test_changes.py tests/test_access.py \
             tests/test_rooms.py tests/test_private.py tests/test_search.py
 
@@ -39,13 +41,15 @@ test: install chromium services
 	CHATD_REQUIRE_SERVICES=1 $(BIN)/pytest -q -p no:cacheprovider
 	CHATD_REQUIRE_SERVICES=1 CHATD_TEST_CONFIG=sqlite+redis $(BIN)/pytest -q -p no:cacheprovider \
 	  -m "not browser" $(CONTRACT)
+	CHATD_REQUIRE_SERVICES=1 CHATD_TEST_CONFIG=postgresql+redis $(BIN)/pytest -q -p no:cacheprovider \
+	  -m "not browser" $(CONTRACT)
 
-# Skips the browser, and the several-process tests when redis-server is not installed.
+# Skips the browser, and the several-process tests when redis-server or postgresql is not installed.
 test-fast: install
 	$(BIN)/pytest -q -p no:cacheprovider -m "not browser"
 
 bench: $(BIN)/python
-	$(BIN)/pip install --quiet ".[uvloop,scale]" -r bench/requirements.txt
+	$(BIN)/pip install --quiet ".[uvloop,scale,postgresql]" -r bench/requirements.txt
 	$(BIN)/python bench/run.py
 
 lint: $(BIN)/python

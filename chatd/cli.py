@@ -325,6 +325,33 @@ def backup(dest: Path, db: Path | None) -> None:
     click.echo(f"Backup written to {dest}.", err=True)
 
 
+@main.command("migrate-db")
+@db_option
+@click.option("--to", "target", required=True, metavar="URL",
+              help="The empty PostgreSQL database to copy into: postgresql://USER@HOST/NAME.")
+def migrate_db(db: Path | None, target: str) -> None:
+    """Copy the SQLite database into an empty PostgreSQL one (stop the server first)."""
+    from chatd.store.lock import hold_database
+    from chatd.store.migrate import copy_to_postgres
+
+    source = load_config({"db": db}).db
+    if is_postgres(source):
+        raise click.ClickException("migrate-db copies a SQLite database; --db names PostgreSQL already.")
+    if not is_postgres(target):
+        raise click.ClickException(f"--to must be a postgresql:// URL, not {target!r}.")
+    if not source.exists():
+        raise click.ClickException(f"No database at {source}; check --db or CHATD_DB.")
+
+    async def op() -> dict[str, int]:
+        with hold_database(source):  # refused while a server uses the file: the copy would be stale
+            return await asyncio.to_thread(
+                copy_to_postgres, source, target, lambda table, n: click.echo(f"  {table}: {n} rows", err=True))
+
+    counts = run(op(), target)
+    click.echo(f"Copied {counts['users']} accounts, {counts['rooms']} rooms and {counts['messages']} messages "
+               f"to {redacted(target)}. Start chatd with --db {redacted(target)}.", err=True)
+
+
 @main.command()
 @db_option
 def reindex(db: Path | None) -> None:

@@ -15,18 +15,25 @@ import subprocess
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import ClientSession, ClientWebSocketResponse
 from test_durability import FLOOD_ENV, make_user
 from test_startup import one_sentence, serve
 
-from conftest import PASSWORD, RedisServer, Server, chatd_command, next_json, run_cli
+from conftest import PASSWORD, RedisServer, Server, chatd_command, database_for, next_json, run_cli
 
 QUIET = ("--log-level", "warning")
 
 
-def pair(server_factory, redis: RedisServer, env: dict | None = None) -> tuple[Server, Server]:
-    a = server_factory("--broker", redis.url, *QUIET, env=env or FLOOD_ENV).start()
-    b = server_factory("--broker", redis.url, *QUIET, env=env or FLOOD_ENV).start()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """The database the processes share: a SQLite file (one box), or PostgreSQL (several)."""
+    return tmp_path / "chatd.db" if request.param == "sqlite" else database_for(tmp_path)
+
+
+def pair(server_factory, redis: RedisServer, db: Path | str, env: dict | None = None) -> tuple[Server, Server]:
+    a = server_factory("--broker", redis.url, *QUIET, db=db, env=env or FLOOD_ENV).start()
+    b = server_factory("--broker", redis.url, *QUIET, db=db, env=env or FLOOD_ENV).start()
     return a, b
 
 
@@ -93,11 +100,10 @@ def test_several_workers_need_a_broker(tmp_path: Path) -> None:
     assert "needs a broker" in line, line
 
 
-def test_a_server_without_a_broker_refuses_a_database_a_cluster_uses(tmp_path: Path, server_factory,
+def test_a_server_without_a_broker_refuses_a_database_a_cluster_uses(db: Path | str, server_factory,
                                                                      redis_server: RedisServer) -> None:
-    db = tmp_path / "chatd.db"
     make_user(db, "alice")
-    server_factory("--broker", redis_server.url, *QUIET).start()
+    server_factory("--broker", redis_server.url, *QUIET, db=db).start()
     line = one_sentence(serve(db))
     assert line.startswith(f"Error: Another chatd serve is already using the database {db}"), line
 
@@ -106,11 +112,10 @@ def test_a_server_without_a_broker_refuses_a_database_a_cluster_uses(tmp_path: P
 
 
 async def test_posts_on_both_processes_reach_streams_on_both_in_id_order_and_replay_across(
-    tmp_path: Path, server_factory, redis_server: RedisServer,
+    tmp_path: Path, db: Path | str, server_factory, redis_server: RedisServer,
 ) -> None:
-    db = tmp_path / "chatd.db"
     alice, bob = make_user(db, "alice"), make_user(db, "bob")
-    a, b = pair(server_factory, redis_server)
+    a, b = pair(server_factory, redis_server, db)
     async with ClientSession() as session:
         on_a, on_b = await stream(session, a, bob), await stream(session, b, bob)
         ids = await asyncio.gather(*(post(session, (a, b)[i % 2], alice, f"hello {i}") for i in range(200)))
@@ -128,11 +133,10 @@ async def test_posts_on_both_processes_reach_streams_on_both_in_id_order_and_rep
 
 
 async def test_kill_9_of_one_process_during_posts_to_both_loses_no_acknowledged_message(
-    tmp_path: Path, server_factory, redis_server: RedisServer,
+    tmp_path: Path, db: Path | str, server_factory, redis_server: RedisServer,
 ) -> None:
-    db = tmp_path / "chatd.db"
     alice, bob = make_user(db, "alice"), make_user(db, "bob")
-    a, b = pair(server_factory, redis_server)
+    a, b = pair(server_factory, redis_server, db)
     acked: set[int] = set()
     killed = asyncio.Event()
 
@@ -159,11 +163,10 @@ async def test_kill_9_of_one_process_during_posts_to_both_loses_no_acknowledged_
 
 
 async def test_a_redis_restart_mid_traffic_loses_and_duplicates_nothing(
-    tmp_path: Path, server_factory, redis_server: RedisServer,
+    tmp_path: Path, db: Path | str, server_factory, redis_server: RedisServer,
 ) -> None:
-    db = tmp_path / "chatd.db"
     alice, bob = make_user(db, "alice"), make_user(db, "bob")
-    a, b = pair(server_factory, redis_server)
+    a, b = pair(server_factory, redis_server, db)
     async with ClientSession() as session:
         watcher = await stream(session, b, bob)
         before = [await post(session, a, alice, f"before {i}") for i in range(20)]
@@ -189,11 +192,10 @@ async def test_a_redis_restart_mid_traffic_loses_and_duplicates_nothing(
 
 
 async def test_presence_and_typing_cross_processes_and_a_killed_process_goes_offline(
-    tmp_path: Path, server_factory, redis_server: RedisServer,
+    tmp_path: Path, db: Path | str, server_factory, redis_server: RedisServer,
 ) -> None:
-    db = tmp_path / "chatd.db"
     alice, bob = make_user(db, "alice"), make_user(db, "bob")
-    a, b = pair(server_factory, redis_server)
+    a, b = pair(server_factory, redis_server, db)
     async with ClientSession() as session:
         watcher = await stream(session, a, bob)
         typist = await stream(session, b, alice)
@@ -207,13 +209,12 @@ async def test_presence_and_typing_cross_processes_and_a_killed_process_goes_off
 
 
 async def test_removal_on_one_process_ends_access_on_the_other(
-    tmp_path: Path, server_factory, redis_server: RedisServer,
+    tmp_path: Path, db: Path | str, server_factory, redis_server: RedisServer,
 ) -> None:
-    db = tmp_path / "chatd.db"
     assert run_cli("adduser", "root", "--admin", "--password-stdin", db=db, stdin=PASSWORD + "\n").returncode == 0
     admin = run_cli("token", "root", db=db).stdout.strip()
     bob = make_user(db, "bob")
-    a, b = pair(server_factory, redis_server)
+    a, b = pair(server_factory, redis_server, db)
     auth = {"Authorization": f"Bearer {admin}"}
     async with ClientSession() as session:
         assert (await session.post(f"{a.url}/api/v1/rooms", json={"slug": "secret", "private": True},
@@ -239,12 +240,11 @@ async def test_removal_on_one_process_ends_access_on_the_other(
 
 
 async def test_the_rate_limit_counts_a_users_messages_on_every_process(
-    tmp_path: Path, server_factory, redis_server: RedisServer,
+    tmp_path: Path, db: Path | str, server_factory, redis_server: RedisServer,
 ) -> None:
-    db = tmp_path / "chatd.db"
     alice, bob = make_user(db, "alice"), make_user(db, "bob")
     slow = {"CHATD_MESSAGES_PER_SECOND": "0.01", "CHATD_MESSAGE_BURST": "5"}
-    a, b = pair(server_factory, redis_server, env=slow)
+    a, b = pair(server_factory, redis_server, db, env=slow)
     async with ClientSession() as session:
         watcher = await stream(session, b, bob)
         for i in range(5):
@@ -263,9 +263,8 @@ async def test_the_rate_limit_counts_a_users_messages_on_every_process(
 
 
 async def test_workers_share_one_port_one_setup_link_and_stop_on_sigterm(
-    tmp_path: Path, redis_server: RedisServer,
+    tmp_path: Path, db: Path | str, redis_server: RedisServer,
 ) -> None:
-    db = tmp_path / "chatd.db"
     proc = subprocess.Popen([*chatd_command(), "serve", "--db", str(db), "--port", "0", "--workers", "2",
                              "--broker", redis_server.url, *QUIET],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
@@ -294,9 +293,9 @@ async def test_workers_share_one_port_one_setup_link_and_stop_on_sigterm(
 
 
 def test_two_processes_on_a_fresh_database_print_the_same_setup_link(
-    tmp_path: Path, server_factory, redis_server: RedisServer,
+    tmp_path: Path, db: Path | str, server_factory, redis_server: RedisServer,
 ) -> None:
-    a, b = pair(server_factory, redis_server)
+    a, b = pair(server_factory, redis_server, db)
     links = [server.read_line() for server in (a, b)]
     assert all("/setup?token=" in line for line in links), links
     assert links[0].rsplit("token=", 1)[1] == links[1].rsplit("token=", 1)[1]

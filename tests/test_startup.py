@@ -34,10 +34,11 @@ def make_user(db: Path, name: str) -> str:
     return run_cli("token", name, db=db).stdout.strip()
 
 
-def serve(db: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def serve(db: Path | str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """`chatd serve` expected to fail at start: it must exit by itself."""
+    where = cwd or (db.parent if isinstance(db, Path) else None)
     return subprocess.run([*chatd_command(), "serve", "--db", str(db), "--port", "0", *args],
-                          capture_output=True, text=True, timeout=120, cwd=str(cwd or db.parent))
+                          capture_output=True, text=True, timeout=120, cwd=None if where is None else str(where))
 
 
 def one_sentence(result: subprocess.CompletedProcess) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
@@ -40,6 +41,7 @@ SCHEMES = ("postgresql://", "postgres://")
 WRITE_LOCK = 7_336_142  # pg_advisory_xact_lock key: one writer at a time (chatd in ASCII, roughly)
 SCHEMA_LOCK = 7_336_143
 CONNECT_TIMEOUT = 5
+RETRY_AFTER = 1.0  # seconds between attempts to reconnect
 UNSPACED_RE = f"[{UNSPACED_CLASS}]"  # a message with any of these is searched by substring too
 # PostgreSQL's text search parser reads tags, URLs, hosts, paths and numbers with dots out of
 # text as tokens of their own (and "<b>" not at all); SQLite's unicode61 sees words between any
@@ -213,15 +215,22 @@ class PgConnection:
     def __init__(self, url: str) -> None:
         self.url = url
         self._conn: Any = None
+        self._retry_at = 0.0
         self._connect()
 
     def _connect(self) -> None:
+        """Connect; after a failure, fail at once for RETRY_AFTER seconds (the inline
+        connection runs on the event loop, which must not wait on every request for a
+        server that is down)."""
         if psycopg is None:
             raise PgFault("PostgreSQL support is not installed (pip install 'chatd[postgresql]')")
+        if time.monotonic() < self._retry_at:
+            raise PgFault("the PostgreSQL server is not answering")
         try:
             self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
                                          application_name="chatd")
         except psycopg.Error as exc:
+            self._retry_at = time.monotonic() + RETRY_AFTER
             raise PgFault(_first_line(exc)) from None
 
     @property
@@ -241,6 +250,19 @@ class PgConnection:
         if not rows:
             return None
         return self._run(lambda c: c.cursor().executemany(text, rows))
+
+    def copy_rows(self, table: str, columns: tuple[str, ...], rows: Any) -> int:
+        """COPY these rows into a table (chatd migrate-db); returns how many."""
+
+        def op(conn: Any) -> int:
+            count = 0
+            with conn.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+                    count += 1
+            return count
+
+        return self._run(op)
 
     def raw(self, script: str) -> None:
         """Run a script of several statements as it is (migrations)."""
