@@ -189,24 +189,28 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://chatd@127.0.0.1:{self.port}/{database}"
 
-    def _as_owner(self) -> list[str]:
-        return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    @staticmethod
+    def _owner() -> str | None:
+        return "postgres" if os.geteuid() == 0 else None
 
-    def start(self) -> PostgresServer:
+    def start(self, port: int = 0) -> PostgresServer:
+        """Start it (a fresh cluster the first time; again on `port` after stop())."""
         bin_dir = self.bin_dir()
         if bin_dir is None:
             _missing("PostgreSQL is not installed (make test installs it)")
-        if os.geteuid() == 0:
-            shutil.chown(self.directory, "postgres")
         data = self.directory / "data"
-        subprocess.run([*self._as_owner(), str(bin_dir / "initdb"), "-D", str(data), "-U", "chatd",
-                        "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"], check=True, capture_output=True)
-        self.port = free_port()
+        fresh = not data.exists()
+        if fresh:
+            if os.geteuid() == 0:
+                shutil.chown(self.directory, "postgres")
+            subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "chatd", "--auth=trust", "-E", "UTF8",
+                            "--locale=C.UTF-8"], check=True, capture_output=True, user=self._owner())
+        self.port = port or free_port()
         self.proc = subprocess.Popen(
-            [*self._as_owner(), str(bin_dir / "postgres"), "-D", str(data), "-p", str(self.port),
+            [str(bin_dir / "postgres"), "-D", str(data), "-p", str(self.port),
              "-k", str(self.directory), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
              "-c", "full_page_writes=off", "-c", "max_connections=400"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, user=self._owner(), cwd=str(self.directory))
         import psycopg
         for _ in range(1000):
             try:
@@ -218,6 +222,8 @@ class PostgresServer:
                 time.sleep(0.02)
         else:
             raise AssertionError("postgres did not answer")
+        if not fresh:
+            return self
         # Every test's database is a copy of one migrated template (a copy takes milliseconds).
         self.execute("CREATE DATABASE chatd_template")
         from chatd.store import postgres
@@ -236,12 +242,14 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self) -> None:
+        """A fast shutdown: clients are cut off (a smart one would wait for chatd to leave)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(20)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait(10)
 
 
 _POSTGRES: list[PostgresServer] = []
@@ -279,6 +287,16 @@ def query_db(db: Path | str, sql: str, params: tuple = ()) -> list[tuple]:
 def pg_url(tmp_path: Path) -> str:
     """A fresh PostgreSQL database for this test, whatever the configuration."""
     return database_for(tmp_path)
+
+
+@pytest.fixture
+def postgres_of_its_own() -> Iterator[PostgresServer]:
+    """A PostgreSQL of this test's own (tests that stop and restart it)."""
+    directory = Path(tempfile.mkdtemp(prefix="chatd-postgres-"))
+    server = PostgresServer(directory).start()
+    yield server
+    server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 class RedisServer:

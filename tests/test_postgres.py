@@ -1,0 +1,169 @@
+"""chatd on PostgreSQL (`--db postgresql://...`): what differs from SQLite, from outside.
+
+The contract's behaviour on PostgreSQL is the contract suite run with
+CHATD_TEST_CONFIG=postgresql+redis (make test), and the several-process tests in
+test_cluster.py run on it too. Here: start-up faults, the commands, PostgreSQL going away
+while chatd runs, and `chatd migrate-db`. A real PostgreSQL (Debian's) on a free loopback
+port; the real `chatd` as a subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import psycopg
+from aiohttp import ClientSession
+from test_durability import FLOOD_ENV, make_user
+from test_startup import one_sentence, serve
+
+from conftest import PASSWORD, PostgresServer, free_port, run_cli
+
+QUIET = ("--log-level", "warning")
+
+
+def test_an_unreachable_database_is_one_sentence_and_exit_1(tmp_path: Path) -> None:
+    url = f"postgresql://chatd:hunter2@127.0.0.1:{free_port()}/chat"  # nothing listens there
+    line = one_sentence(serve(url, cwd=tmp_path))
+    assert line.startswith("Error: Cannot use the PostgreSQL database postgresql://chatd@127.0.0.1:"), line
+    assert "hunter2" not in line
+    result = run_cli("users", db=url)
+    assert result.returncode == 1 and "hunter2" not in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.startswith("Error: Cannot use the PostgreSQL database"), result.stderr
+
+
+def test_a_database_from_a_newer_chatd_is_refused(pg_url: str, tmp_path: Path) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO chatd_schema (version) VALUES (999)")
+    line = one_sentence(serve(pg_url, cwd=tmp_path))
+    assert "schema version 999, newer than this chatd understands" in line and "upgrade chatd" in line, line
+
+
+def test_account_commands_work_and_backup_points_to_pg_dump(pg_url: str, tmp_path: Path) -> None:
+    assert run_cli("adduser", "alice", "--admin", "--password-stdin", db=pg_url, stdin=PASSWORD + "\n").returncode == 0
+    again = run_cli("adduser", "ALICE", "--password-stdin", db=pg_url, stdin=PASSWORD + "\n")
+    assert again.returncode == 1 and "already exists" in again.stderr, "usernames are unique in any case"
+    assert run_cli("adduser", "bob", "--password-stdin", db=pg_url, stdin=PASSWORD + "\n").returncode == 0
+    assert run_cli("users", db=pg_url).stdout.split() == ["alice", "bob"]
+    assert run_cli("token", "bob", db=pg_url).stdout.strip().startswith("chatd_")
+    assert run_cli("deluser", "bob", db=pg_url).returncode == 0
+    assert run_cli("users", db=pg_url).stdout.split() == ["alice"]
+    result = run_cli("backup", str(tmp_path / "copy.db"), db=pg_url)
+    assert result.returncode == 1 and "pg_dump" in result.stderr, result.stderr
+    assert not (tmp_path / "copy.db").exists()
+
+
+def test_check_names_the_database_without_its_password(pg_url: str) -> None:
+    with_password = pg_url.replace("chatd@", "chatd:s3cret@")  # trust auth: the password is ignored
+    result = run_cli("serve", "--check", db=with_password)
+    assert result.returncode == 0, result.stderr
+    assert "s3cret" not in result.stdout and "database postgresql://chatd@127.0.0.1:" in result.stdout
+
+
+def test_a_second_server_without_a_broker_is_refused(pg_url: str, server_factory, tmp_path: Path) -> None:
+    make_user(pg_url, "alice")
+    first = server_factory(*QUIET, db=pg_url).start()
+    line = one_sentence(serve(pg_url, cwd=tmp_path))
+    assert line == f"Error: Another chatd serve is already using the database {pg_url}; stop it first.", line
+    assert first.terminate() == 0
+
+
+async def test_postgresql_going_away_gives_503_and_chatd_reconnects_by_itself(
+    postgres_of_its_own: PostgresServer, server_factory,
+) -> None:
+    pg = postgres_of_its_own
+    url = pg.new_database()
+    token = make_user(url, "alice")
+    server = server_factory(*QUIET, db=url, env=FLOOD_ENV).start()
+    auth = {"Authorization": f"Bearer {token}"}
+    async with ClientSession() as session:
+        post = f"{server.url}/api/v1/rooms/general/messages"
+        before = [(await (await session.post(post, json={"body": f"before {i}"}, headers=auth)).json())["message"]["id"]
+                  for i in range(5)]
+        port = pg.port
+        pg.stop()
+        resp = await session.post(post, json={"body": "while it is down"}, headers=auth)
+        assert resp.status == 503, await resp.text()
+        body = await resp.json()
+        assert body["error"]["code"] == "storage_unavailable" and "Traceback" not in await resp.text()
+        health = await session.get(f"{server.url}/healthz")
+        assert health.status == 503 and (await health.json())["database"] == "unavailable"
+        pg.start(port)
+        while (await session.get(f"{server.url}/healthz")).status != 200:
+            await asyncio.sleep(0.2)
+        while (resp := await session.post(post, json={"body": "after"}, headers=auth)).status != 201:
+            assert resp.status == 503  # the writer's connection is opened again on its next batch
+            await asyncio.sleep(0.2)
+        after = (await resp.json())["message"]["id"]
+        history = await (await session.get(f"{post}?limit=100", headers=auth)).json()
+        assert [m["id"] for m in history["messages"]] == [*before, after], "every acknowledged message, once"
+    assert server.terminate() == 0
+    assert "Traceback" not in server.stderr()
+
+
+# -- chatd migrate-db ------------------------------------------------------------------------------
+
+
+async def test_migrate_db_copies_everything_and_the_server_carries_on(
+    tmp_path: Path, pg_url: str, server_factory,
+) -> None:
+    db = tmp_path / "chatd.db"
+    alice, bob = make_user(db, "alice"), make_user(db, "bob")
+    old = server_factory(*QUIET, db=db, env=FLOOD_ENV).start()
+    a_auth, b_auth = {"Authorization": f"Bearer {alice}"}, {"Authorization": f"Bearer {bob}"}
+    async with ClientSession() as session:
+        api = f"{old.url}/api/v1"
+        assert (await session.post(f"{api}/rooms", json={"slug": "ops", "private": True}, headers=a_auth)).status == 201
+        assert (await session.post(f"{api}/rooms/ops/members", json={"username": "bob"}, headers=a_auth)).status == 200
+        ids = []
+        for i, body in enumerate(["Ångström café deploy", "我们明天部署新版本", "third", "fourth"]):
+            resp = await session.post(f"{api}/rooms/{'ops' if i % 2 else 'general'}/messages", json={"body": body},
+                                      headers=a_auth)
+            ids.append((await resp.json())["message"]["id"])
+        assert (await session.patch(f"{api}/messages/{ids[2]}", json={"body": "third, edited"},
+                                    headers=a_auth)).status == 200
+        assert (await session.post(f"{api}/messages/{ids[0]}/reactions", json={"emoji": "👍"},
+                                   headers=b_auth)).status == 200
+        assert (await session.delete(f"{api}/messages/{ids[3]}", headers=a_auth)).status in (200, 204)
+        before = {room: await (await session.get(f"{api}/rooms/{room}/messages", headers=b_auth)).json()
+                  for room in ("general", "ops")}
+        rooms_before = await (await session.get(f"{api}/rooms", headers=b_auth)).json()
+
+        refused = run_cli("migrate-db", "--to", pg_url, db=db)
+        assert refused.returncode == 1 and "already using the database" in refused.stderr, refused.stderr
+        assert old.terminate() == 0
+
+        done = run_cli("migrate-db", "--to", pg_url, db=db)
+        assert done.returncode == 0, done.stderr
+        assert "Copied 2 accounts, 2 rooms and 3 messages" in done.stderr, done.stderr
+        twice = run_cli("migrate-db", "--to", pg_url, db=db)
+        assert twice.returncode == 1 and "already holds data" in twice.stderr
+
+        new = server_factory(*QUIET, db=pg_url, env=FLOOD_ENV).start()
+        api = f"{new.url}/api/v1"
+        # The same tokens, rooms, members, messages, edits, reactions and unread counts.
+        for room in ("general", "ops"):
+            assert await (await session.get(f"{api}/rooms/{room}/messages", headers=b_auth)).json() == before[room]
+        assert await (await session.get(f"{api}/rooms", headers=b_auth)).json() == rooms_before
+        found = await (await session.get(f"{api}/search", params={"q": "angstrom cafe"}, headers=b_auth)).json()
+        assert [r["message"]["id"] for r in found["results"]] == [ids[0]]
+        found = await (await session.get(f"{api}/search", params={"q": "明天部署"}, headers=b_auth)).json()
+        assert [r["message"]["id"] for r in found["results"]] == [ids[1]]
+        # Ids carry on above every id given out before, the deleted message's included.
+        resp = await session.post(f"{api}/rooms/general/messages", json={"body": "on postgres"}, headers=a_auth)
+        assert resp.status == 201 and (await resp.json())["message"]["id"] > max(ids)
+        assert run_cli("adduser", "carol", "--password-stdin", db=pg_url, stdin=PASSWORD + "\n").returncode == 0
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT id FROM users WHERE username = 'carol'").fetchone()[0] == 3
+        assert new.terminate() == 0
+    with sqlite3.connect(db) as conn:  # the file is left as it was
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 3
+
+
+def test_migrate_db_refuses_what_it_cannot_copy(tmp_path: Path, pg_url: str) -> None:
+    missing = run_cli("migrate-db", "--to", pg_url, db=tmp_path / "nothing.db")
+    assert missing.returncode == 1 and "No database at" in missing.stderr
+    make_user(tmp_path / "chatd.db", "alice")
+    not_pg = run_cli("migrate-db", "--to", str(tmp_path / "other.db"), db=tmp_path / "chatd.db")
+    assert not_pg.returncode == 1 and "postgresql://" in not_pg.stderr
