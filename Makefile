@@ -49,7 +49,7 @@ test-fast: install
 	$(BIN)/pytest -q -p no:cacheprovider -m "not browser"
 
 bench: $(BIN)/python
-	$(BIN)/pip install --quiet ".[uvloop,scale,postgresql]" -r bench/requirements.txt
+	$(BIN)/pip install --quiet ".[uvloop,scale]" -r bench/requirements.txt
 	$(BIN)/python bench/run.py
 
 lint: $(BIN)/python

@@ -18,6 +18,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -192,7 +193,7 @@ def wait_healthy(url: str, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def chatd_server(db: Path, cpu: int | None, log: Path, broker: str = "") -> ServerProcess:
+def chatd_server(db: Path | str, cpu: int | None, log: Path, broker: str = "") -> ServerProcess:
     argv = [*chatd_command(), "serve", "--db", str(db), "--port", "0"]
     if broker:
         argv += ["--broker", broker]
@@ -236,6 +237,72 @@ class RedisProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+class PostgresProcess:
+    """Debian's PostgreSQL as a private cluster (initdb in the work directory, a free loopback
+    port), with its default durability: fsync and synchronous commits on, so an acknowledged
+    message is on disk. As root it runs as the `postgres` user (PostgreSQL refuses root)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.directory = workdir  # set on entry: a directory of its own the postgres user can reach
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.databases = 0
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://chatd@127.0.0.1:{self.port}/{database}"
+
+    def __enter__(self) -> PostgresProcess:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+        if not found:
+            raise BenchError("the PostgreSQL workload needs postgresql (apt-get install postgresql)")
+        bin_dir = found[-1].parent
+        owner = "postgres" if os.geteuid() == 0 else None
+        self.directory = Path(tempfile.mkdtemp(prefix="chatd-bench-postgres-"))
+        if owner:
+            shutil.chown(self.directory, owner)
+        subprocess.run([str(bin_dir / "initdb"), "-D", str(self.directory / "data"), "-U", "chatd",
+                        "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"], check=True, capture_output=True,
+                       user=owner)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [str(bin_dir / "postgres"), "-D", str(self.directory / "data"), "-p", str(self.port),
+             "-k", str(self.directory), "-c", "listen_addresses=127.0.0.1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, user=owner, cwd=str(self.directory))
+        import psycopg
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(psycopg.OperationalError):
+                psycopg.connect(self.url(), connect_timeout=1).close()
+                return self
+            time.sleep(0.05)
+        self.__exit__()
+        raise BenchError("postgres did not answer")
+
+    def database_from(self, template_db: Path) -> str:
+        """A new database holding the template's users and tokens (chatd migrate-db)."""
+        import psycopg
+        self.databases += 1
+        name = f"bench_{self.databases}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        url = self.url(name)
+        proc = subprocess.run([*chatd_command(), "migrate-db", "--db", str(template_db), "--to", url],
+                              capture_output=True, text=True, timeout=300, env={**os.environ, **CHATD_ENV})
+        if proc.returncode != 0:
+            raise BenchError(f"chatd migrate-db failed: {proc.stderr.strip()}")
+        return url
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # fast shutdown
+            self.proc.wait(30)
+        if self.directory != self.workdir:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def reference_server(
@@ -286,7 +353,11 @@ class Profiler:
             self.proc.kill()
 
 
-def count_messages(db: Path) -> int:
+def count_messages(db: Path | str) -> int:
+    if isinstance(db, str):  # PostgreSQL
+        import psycopg
+        with psycopg.connect(db) as pg:
+            return pg.execute("SELECT count(*) FROM messages").fetchone()[0]
     conn = sqlite3.connect(db)
     try:
         return conn.execute("SELECT count(*) FROM messages").fetchone()[0]

@@ -2,7 +2,7 @@
 
 Proves that `make bench` works (servers start, users and tokens come from the CLI, every
 delivery is counted); it asserts nothing about speed. Needs chatd's test dependencies and, for the
-broker workloads, Debian's redis-server (make test installs it);
+broker and PostgreSQL workloads, Debian's redis-server and postgresql (make test installs them);
 without picows/uvloop the load generator uses aiohttp's client.
 """
 
@@ -18,18 +18,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = {
     "fanout", "latency", "connections", "posts", "posts_http", "http_ceiling", "pages_room", "pages_history", "browser",
-    "search", "search_rate", "edits", "broker_fanout", "broker_posts",
+    "search", "search_rate", "edits", "broker_fanout", "broker_posts", "pg_posts",
 }
 
 
-BROKER_ROWS = {"broker_fanout", "broker_posts"}  # the workloads that need redis-server
+BROKER_ROWS = {"broker_fanout", "broker_posts", "pg_posts"}  # the workloads that need redis-server, postgresql
 
 
 def test_bench_smoke_runs_every_workload_without_loss() -> None:
     argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke"]
     expected = WORKLOADS
-    if shutil.which("redis-server") is None and not os.environ.get("CHATD_REQUIRE_SERVICES"):
-        # `make test-fast` on a machine without Redis: every other workload (make test installs it).
+    services = shutil.which("redis-server") and list(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    if not services and not os.environ.get("CHATD_REQUIRE_SERVICES"):
+        # `make test-fast` on a machine without them: every other workload (make test installs them).
         workloads = ("fanout", "latency", "connections", "posts", "pages", "browser", "search", "edits")
         argv += [arg for name in workloads for arg in ("--only", name)]
         expected = WORKLOADS - BROKER_ROWS

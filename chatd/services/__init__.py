@@ -68,6 +68,8 @@ class Services:
         while True:
             await asyncio.sleep(self.config.auth_poll_seconds)
             try:
+                if self.store.postgres:  # closes the moment before a notification arrives (store/postgres.py)
+                    self.store.force_look()
                 self.live.ensure_current()
                 if self.peers is not None:
                     self.peers.tick()

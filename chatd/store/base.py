@@ -128,7 +128,14 @@ class StoreBase(Mirror):
         await self._writer.open()  # creates and migrates the file first
         await self._reader.open()
         self._inline = await asyncio.to_thread(connect_sync, self.path, self.sync)
-        if self.sync == "normal" and not self.postgres:  # a commit waits for no disk: messages are written inline
+        if self.postgres:
+            # Message batches run inline too: from the writer thread, each of a batch's round
+            # trips would wait for the GIL the busy loop holds, up to its switch interval
+            # (docs/performance.md, "PostgreSQL").
+            self._inline_writer = await asyncio.to_thread(connect_sync, self.path, self.sync)
+            self._inline_writer.never_wait = True  # type: ignore[attr-defined]
+            self._inline_writer.listen_for_meta()  # type: ignore[attr-defined]
+        elif self.sync == "normal":  # a commit waits for no disk: messages are written inline
             self._inline_writer = await asyncio.to_thread(connect_sync, self.path, self.sync)
             self._inline_writer.execute("PRAGMA busy_timeout = 0")
             self._inline_writer.execute("PRAGMA wal_autocheckpoint = 0")

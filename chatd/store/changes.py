@@ -43,12 +43,15 @@ class ChangeRequest:
     allowed: Callable[[], bool] = field(repr=False, default=lambda: True)
 
 
+NEXT_ID = (
+    "SELECT max(coalesce((SELECT max(id) FROM messages), 0), coalesce((SELECT max(id) FROM events), 0),"
+    " (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'message_id_floor')) + 1")
+
+
 def next_id(conn: sqlite3.Connection) -> int:
     """The next id of the one sequence: above every message and event, and above the ids of
     messages in deleted rooms (message_id_floor, migration 5)."""
-    return conn.execute(
-        "SELECT max(coalesce((SELECT max(id) FROM messages), 0), coalesce((SELECT max(id) FROM events), 0),"
-        " (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'message_id_floor')) + 1").fetchone()[0]
+    return conn.execute(NEXT_ID).fetchone()[0]
 
 
 def apply(conn: sqlite3.Connection, item: ChangeRequest, event_id: int) -> ChangeResult:

@@ -25,14 +25,15 @@ import contextlib
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from chatd.rules import UNSPACED_CLASS
+from chatd.store.changes import NEXT_ID
 
-try:  # the "postgresql" extra
+try:  # the "scale" extra
     import psycopg
 except ImportError:  # pragma: no cover - reported by connect()
     psycopg = None  # type: ignore[assignment]
@@ -64,6 +65,12 @@ def redacted(url: str) -> str:
     if parts.port:
         netloc += f":{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class PgBusy(sqlite3.OperationalError):
+    """The write lock is taken and this connection does not wait (never_wait): SQLite's BUSY."""
+
+    sqlite_errorcode = sqlite3.SQLITE_BUSY
 
 
 class PgFault(sqlite3.OperationalError):
@@ -165,6 +172,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_room ON events(room_id, id);
     CREATE INDEX events_deleted ON events(room_id, seq) WHERE kind = 'deleted';
+    CREATE FUNCTION chatd_meta_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_notify('chatd_meta', NEW.key); RETURN NULL; END $$;
+    CREATE TRIGGER meta_changed AFTER UPDATE ON meta FOR EACH ROW
+        WHEN (NEW.key IN ('auth_version', 'rooms_version')) EXECUTE FUNCTION chatd_meta_changed();
     """,
 ]
 
@@ -212,8 +223,17 @@ def migrate(conn: PgConnection) -> int:
 class PgConnection:
     """One psycopg connection speaking the store's SQL (module docstring)."""
 
+    dialect = "postgresql"  # for the few statements said otherwise here (sqlite3's has none)
+
     def __init__(self, url: str) -> None:
         self.url = url
+        # The message writer's connection on the event loop (base.py) must not wait for the
+        # write lock: PgBusy instead, and the batch goes to the writer thread, which waits.
+        self.never_wait = False
+        self._queued: list[Callable[[Any], Any]] = []  # executemany's, inside a transaction
+        self._next_id: int | None = None  # read with the write lock (_begin_write)
+        self._listening = False
+        self._meta_changes = 0
         self._conn: Any = None
         self._retry_at = 0.0
         self._connect()
@@ -223,12 +243,15 @@ class PgConnection:
         connection runs on the event loop, which must not wait on every request for a
         server that is down)."""
         if psycopg is None:
-            raise PgFault("PostgreSQL support is not installed (pip install 'chatd[postgresql]')")
+            raise PgFault("PostgreSQL support is not installed (pip install 'chatd[scale]')")
         if time.monotonic() < self._retry_at:
             raise PgFault("the PostgreSQL server is not answering")
         try:
             self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
                                          application_name="chatd")
+            if self._listening:  # a new connection listens again, and may have missed some
+                self._conn.execute("LISTEN chatd_meta")
+                self._meta_changes += 1
         except psycopg.Error as exc:
             self._retry_at = time.monotonic() + RETRY_AFTER
             raise PgFault(_first_line(exc)) from None
@@ -241,15 +264,67 @@ class PgConnection:
         special = _SPECIAL.get(sql)
         if special is not None:
             return special(self)
+        known, self._next_id = self._next_id, None
+        if known is not None and sql == NEXT_ID:
+            return _Row(known)  # nothing was written since it was read
         text, order = translate(sql)
-        return self._run(lambda c: c.execute(text, _ordered(params, order)))
+        return self._send(lambda c: c.execute(text, _ordered(params, order)))
 
-    def executemany(self, sql: str, rows: Any) -> Any:
-        text, order = translate(sql)
-        rows = [_ordered(r, order) for r in rows]
+    def executemany(self, sql: str, rows: Any) -> None:
+        """Inside a transaction, queued and sent with the next statement (the COMMIT, for the
+        message writer) in one pipeline: one round trip for all of a batch's writes. Its
+        errors come out of that statement, still inside the transaction."""
+        rows = list(rows)
         if not rows:
-            return None
-        return self._run(lambda c: c.cursor().executemany(text, rows))
+            return
+        self._next_id = None
+        found = _INSERT_VALUES.match(sql)
+        if found is not None and len(rows) > 1:
+            op = self._insert_many(found, rows)
+        else:
+            text, order = translate(sql)
+            ordered = [_ordered(r, order) for r in rows]
+            op = lambda c: c.cursor().executemany(text, ordered)  # noqa: E731
+        if self.in_transaction:
+            self._queued.append(op)
+        else:
+            self._run(op)
+
+    def _send(self, op: Any) -> Any:
+        if not self._queued:
+            return self._run(op)
+        queued, self._queued = self._queued, []
+
+        def pipelined(conn: Any) -> Any:
+            with conn.pipeline():
+                for earlier in queued:
+                    earlier(conn)
+                cur = op(conn)
+            return cur
+
+        return self._run(pipelined)
+
+    def _insert_many(self, found: re.Match[str], rows: list[Any]) -> Callable[[Any], Any]:
+        """INSERT ... VALUES (?, ...) for many rows as one statement over arrays, one per column
+        (INSERT ... SELECT * FROM unnest(...)): one execution, and the same text whatever the
+        number of rows, so PostgreSQL plans it once. What follows VALUES (ON CONFLICT ...) stays."""
+        table, columns = found.group("table"), [c.strip() for c in found.group("columns").split(",")]
+        types = self._column_types(table)
+        arrays = ", ".join(f"?::{types[c]}[]" for c in columns)
+        sql = (f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) AS k"
+               f"{found.group('rest')}")
+        marks = [int(m) - 1 for m in re.findall(r"\?(\d+)", found.group("values"))] or list(range(len(columns)))
+        text, _ = translate(sql)
+        params = [[row[i] for row in rows] for i in marks]
+        return lambda c: c.execute(text, params)
+
+    def _column_types(self, table: str) -> dict[str, str]:
+        known = _COLUMN_TYPES.get(table)
+        if known is None:
+            known = _COLUMN_TYPES[table] = dict(self.execute(
+                "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute"
+                " WHERE attrelid = CAST(? AS regclass) AND attnum > 0 AND NOT attisdropped", (table,)).fetchall())
+        return known
 
     def copy_rows(self, table: str, columns: tuple[str, ...], rows: Any) -> int:
         """COPY these rows into a table (chatd migrate-db); returns how many."""
@@ -268,7 +343,34 @@ class PgConnection:
         """Run a script of several statements as it is (migrations)."""
         self._run(lambda c: c.execute(script.encode()))
 
+    def listen_for_meta(self) -> None:
+        """Hear when credentials or rooms change (auth_version, rooms_version), from any
+        process or command: the trigger meta_changed notifies at commit."""
+        self._listening = True
+        self._run(lambda c: c.execute("LISTEN chatd_meta"))
+
+    def meta_changes(self) -> int | None:
+        """How many such notifications came (None when not listening): what SQLite's
+        data_version tells, read off the socket without a round trip. Between a commit
+        elsewhere and its notification arriving here there is a window of a moment, which
+        the server's poll (auth_poll_seconds) closes."""
+        if not self._listening:
+            return None
+        try:
+            if self._conn is None or self._conn.closed:
+                self._connect()
+            pgconn = self._conn.pgconn
+            pgconn.consume_input()
+            while pgconn.notifies() is not None:
+                self._meta_changes += 1
+        except (psycopg.Error, PgFault):
+            if self._conn is not None:
+                self._drop()
+            return None  # cannot tell: the caller reads the versions
+        return self._meta_changes
+
     def rollback(self) -> None:
+        self._queued, self._next_id = [], None
         if self.in_transaction:
             try:
                 self._conn.execute("ROLLBACK")
@@ -304,8 +406,27 @@ class PgConnection:
     # -- statements said otherwise on PostgreSQL --
 
     def _begin_write(self) -> None:
-        self._run(lambda c: c.execute("BEGIN"))
-        self._run(lambda c: c.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})"))
+        # One round trip: a query without parameters may hold two statements.
+        take = "pg_try_advisory_xact_lock" if self.never_wait else "pg_advisory_xact_lock"
+
+        def op(conn: Any) -> Any:
+            # With the change log's next id (changes.NEXT_ID), which a write transaction asks
+            # first: read under the lock, in the same round trip, and answered from here.
+            cur = conn.execute(f"BEGIN; SELECT {take}({WRITE_LOCK}); {translate(NEXT_ID)[0]}".encode())
+            cur.nextset()  # past BEGIN's result, to the lock's
+            got = cur.fetchone()[0]
+            if cur.nextset():
+                self._next_id = cur.fetchone()[0]
+            return got
+
+        try:
+            got = self._run(op)
+        except BaseException:
+            self.rollback()  # never left in a transaction holding the lock
+            raise
+        if got is False:
+            self.rollback()
+            raise PgBusy("another process is writing")
 
 
 class _Row:
@@ -320,10 +441,18 @@ class _Row:
 
 _SPECIAL = {
     "BEGIN IMMEDIATE": lambda conn: conn._begin_write(),
-    # SQLite's probe for commits by other connections; PostgreSQL has none as cheap, so the
-    # caller reads what it wanted to know (the versions in meta) every time.
-    "PRAGMA data_version": lambda conn: _Row(None),
+    "ROLLBACK": lambda conn: conn.rollback(),  # queued writes are dropped, never sent
+    # SQLite's probe for commits by other connections: here, a count of the notifications
+    # that meta's versions moved (the meta_changed trigger), read without a round trip.
+    "PRAGMA data_version": lambda conn: _Row(conn.meta_changes()),
 }
+
+
+# INSERT INTO t (a, b) VALUES (?, ?) [rest]: rows that executemany may send as arrays.
+_INSERT_VALUES = re.compile(
+    r"INSERT INTO (?P<table>\w+) \((?P<columns>[\w, ]+)\) VALUES \((?P<values>(?:\s*\?\d*\s*,)*\s*\?\d*\s*)\)"
+    r"(?P<rest>.*)\Z", re.DOTALL)
+_COLUMN_TYPES: dict[str, dict[str, str]] = {}  # the schema is chatd's own: the same in every database
 
 
 def _first_line(exc: BaseException) -> str:

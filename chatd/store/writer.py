@@ -219,11 +219,13 @@ class MessageWriter:
             try:
                 results = _insert_batch(self._inline, batch, seqs)
             except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                code = getattr(exc, "sqlite_errorcode", None)
+                if code is None or code & 0xFF != sqlite3.SQLITE_BUSY:
                     raise
                 self.deferred += 1
             else:
-                self._since_checkpoint += 1
+                if not getattr(self._inline, "dialect", None):  # SQLite's log; PostgreSQL keeps its own
+                    self._since_checkpoint += 1
                 return results
         return await self._conn.run(_insert_batch, batch, seqs)
 
@@ -339,17 +341,24 @@ def _stored_retries(conn: sqlite3.Connection, batch: list[Pending]) -> dict[Retr
     if not keys:
         return {}
     found: dict[Retry, Message] = {}
-    values = ", ".join(["(?, ?, ?, ?)"] * len(keys))
+    if getattr(conn, "dialect", "sqlite") == "postgresql":
+        # Arrays, not a VALUES list: the same text for any batch, so PostgreSQL plans it once
+        # (planning the join costs more than running it).
+        source = "unnest(?::bigint[], ?::text[], ?::bigint[], ?::text[]) AS k(column1, column2, column3, column4)"
+        params: list[object] = [list(column) for column in zip(*keys, strict=True)]
+    else:
+        source = "(VALUES " + ", ".join(["(?, ?, ?, ?)"] * len(keys)) + ") k"
+        params = [v for key in keys for v in key]
     # CROSS JOIN keeps the batch as the outer loop: one index search per key, never a scan.
     for row in conn.execute(
         f"SELECT m.id, m.room_id, r.slug, m.body, m.html, m.created_at, m.user_id, m.client_id,"
         f" m.mentions, m.edited_at, m.reactions, m.rev, k.column4"
-        f" FROM (VALUES {values}) k CROSS JOIN messages m ON m.user_id = k.column1"
+        f" FROM {source} CROSS JOIN messages m ON m.user_id = k.column1"
         f" AND m.client_id = k.column2 AND m.room_id = k.column3"
         # As sent: an edited message keeps the body it was first sent with (migration 6).
         f" AND (m.body = k.column4 OR m.sent_body = k.column4)"
         f" JOIN rooms r ON r.id = m.room_id ORDER BY m.id",
-        [v for key in keys for v in key],
+        params,
     ):
         key = (row[6], row[7], row[1], row[12])
         found[key] = _message((row[0], row[1], row[2], keys[key].author.username, row[6],
