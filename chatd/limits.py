@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 
 class TokenBucket:
@@ -47,6 +47,9 @@ class Window:
     def __init__(self, limit: int, seconds: float) -> None:
         self.limit, self.seconds = limit, seconds
         self._events: dict[Hashable, deque[float]] = {}
+        # Told of every hit, forget_last and clear (op, key), to pass them to the other
+        # processes of the server (services/peers.py), which apply them with `remote`.
+        self.share: Callable[[str, Hashable], None] | None = None
 
     def blocked(self, key: Hashable, now: float | None = None) -> float:
         """Seconds until the key may try again, or 0."""
@@ -62,6 +65,11 @@ class Window:
         return events[0] + self.seconds - now if len(events) >= self.limit else 0.0
 
     def hit(self, key: Hashable, now: float | None = None) -> None:
+        self._hit(key, now)
+        if self.share is not None:
+            self.share("hit", key)
+
+    def _hit(self, key: Hashable, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         self._events.setdefault(key, deque()).append(now)
         if len(self._events) > 100_000:
@@ -73,6 +81,21 @@ class Window:
         events = self._events.get(key)
         if events:
             events.pop()
+        if self.share is not None:
+            self.share("forget_last", key)
 
     def clear(self, key: Hashable) -> None:
         self._events.pop(key, None)
+        if self.share is not None:
+            self.share("clear", key)
+
+    def remote(self, op: str, key: Hashable) -> None:
+        """What another process's window did, done here too (not shared again)."""
+        if op == "hit":
+            self._hit(key)
+        elif op == "forget_last":
+            events = self._events.get(key)
+            if events:
+                events.pop()
+        elif op == "clear":
+            self._events.pop(key, None)

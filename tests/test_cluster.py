@@ -259,6 +259,44 @@ async def test_the_rate_limit_counts_a_users_messages_on_every_process(
     assert a.terminate() == 0 and b.terminate() == 0
 
 
+async def test_sign_in_and_room_creation_limits_count_on_every_process(
+    tmp_path: Path, db: Path | str, server_factory, redis_server: RedisServer,
+) -> None:
+    alice, bob = make_user(db, "alice"), make_user(db, "bob")
+    limits = {**FLOOD_ENV, "CHATD_LOGIN_ATTEMPTS_PER_ACCOUNT": "3", "CHATD_ROOMS_PER_HOUR": "2"}
+    a, b = pair(server_factory, redis_server, db, env=limits)
+
+    async def sign_in(server: Server, password: str) -> int:
+        async with ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as fresh:
+            page = await (await fresh.get(f"{server.url}/login")).text()
+            csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+            resp = await fresh.post(f"{server.url}/login", allow_redirects=False, data={
+                "username": "alice", "password": password, "csrf": csrf, "next": "/"})
+            return resp.status
+
+    async def after_a_notice_from_a(session: ClientSession, room: str) -> None:
+        """A's notices arrive in order: once B shows a typing notice A sent after the steps
+        on A's limits, B has taken those steps too (one per room: typing is spaced out)."""
+        typist = await stream(session, a, alice)
+        await typist.send_json({"type": "typing", "room": room})
+        await next_json(watcher, "typing")
+        await typist.close()
+
+    async with ClientSession() as session:
+        watcher = await stream(session, b, bob)
+        for _ in range(3):
+            assert await sign_in(a, "wrong password") == 401
+        await after_a_notice_from_a(session, "general")
+        assert await sign_in(b, PASSWORD) == 429, "the attempts spent on A count on B"
+        auth = {"Authorization": f"Bearer {alice}"}
+        for slug in ("one", "two"):
+            assert (await session.post(f"{a.url}/api/v1/rooms", json={"slug": slug}, headers=auth)).status == 201
+        await after_a_notice_from_a(session, "one")
+        resp = await session.post(f"{b.url}/api/v1/rooms", json={"slug": "three"}, headers=auth)
+        assert resp.status == 429, "the rooms created on A count on B"
+    assert a.terminate() == 0 and b.terminate() == 0
+
+
 # -- one address for N processes -----------------------------------------------------------------
 
 
@@ -277,7 +315,7 @@ async def test_workers_share_one_port_one_setup_link_and_stop_on_sigterm(
         url = listening.split("listening on ", 1)[1].split(" ", 1)[0]
         async with ClientSession() as session:
             for _ in range(20):  # the kernel spreads connections: every one gets an answer
-                async with ClientSession() as fresh:
+                async with ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as fresh:
                     resp = await fresh.get(f"{url}/healthz")
                     assert resp.status == 200
                     assert (await resp.json())["broker"] == "ok"

@@ -33,6 +33,8 @@ class Services:
         self.peers: Peers | None = None
         if self.broker.shared:
             self.peers = self.live.peers = Peers(self.live, self._spent_elsewhere)
+            self.peers.share_windows({"login_account": self.accounts.by_account, "login_ip": self.accounts.by_ip,
+                                      "rooms": self.chat.room_limit})
         self._poller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -11,6 +11,8 @@ Each process sends (chatd.services.live.Live, through chatd.broker):
 - `marks`: a user's read mark or sidebar state moved (their cached marks are read again);
 - `auth`: credentials were revoked (the revocation sweep runs now, not at the next poll);
 - `spent`: messages sent per user in one turn of the event loop, taken from the local rate limits.
+- `limit`: a sliding-window limit moved (sign-in attempts per account and per address, rooms
+  created per member): the same step is taken on this process's window.
 
 Nothing here is trusted for completeness: the database is read for every state a notice
 names, and `resync` after a lost connection reads everything again.
@@ -25,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chatd.hub import Hub
+from chatd.limits import Window
 from chatd.services.live import Live
 from chatd.store import Store
 
@@ -43,8 +46,16 @@ class Peers:
         self.seen: dict[str, float] = {}  # process -> when it was last heard from
         self._last_beat = 0.0
         self._spent: dict[int, int] = {}
+        self.windows: dict[str, Window] = {}  # limits counted across processes (share_windows)
 
     # -- out -----------------------------------------------------------------------------
+
+    def share_windows(self, windows: dict[str, Window]) -> None:
+        """Count these limits across processes: each step one takes is sent to the others."""
+        self.windows = windows
+        for name, window in windows.items():
+            window.share = lambda op, key, name=name: self.broker.notify(
+                {"t": "limit", "w": name, "op": op, "k": key})
 
     def hello(self) -> None:
         self.broker.notify({"t": "hello"})
@@ -106,6 +117,11 @@ class Peers:
             self.live.credentials_changed_elsewhere()
         elif kind == "spent":
             self.on_spent({int(k): int(v) for k, v in dict(notice["s"]).items()})
+        elif kind == "limit":
+            window = self.windows.get(str(notice["w"]))
+            key = notice["k"]
+            if window is not None and isinstance(key, (str, int)):
+                window.remote(str(notice["op"]), key)
         else:
             log.debug("event=unknown_notice kind=%r", kind)
 
