@@ -158,17 +158,19 @@ class Subscribers:
 
 
 async def connect_all(
-    backend: wsclient.Backend, url: str, headers: list[dict[str, str]], sink: wsclient.Sink,
+    backend: wsclient.Backend, url: str | list[str], headers: list[dict[str, str]], sink: wsclient.Sink,
     n: int, concurrency: int,
 ) -> tuple[list[wsclient.Socket | None], Counter[str]]:
-    """Open n sockets, at most `concurrency` handshakes at a time; socket i uses headers[i % len]."""
+    """Open n sockets, at most `concurrency` handshakes at a time; socket i uses headers[i % len]
+    (and, given several servers' URLs, urls[i % len])."""
+    urls = [url] if isinstance(url, str) else url
     gate = asyncio.Semaphore(concurrency)
     failures: Counter[str] = Counter()
 
     async def one(i: int) -> wsclient.Socket | None:
         async with gate:
             try:
-                return await backend.connect(url, headers[i % len(headers)], sink, i)
+                return await backend.connect(urls[i % len(urls)], headers[i % len(headers)], sink, i)
             except wsclient.ConnectFailed as exc:
                 failures[str(exc)] += 1
                 return None
@@ -194,6 +196,13 @@ def close_all(sockets: list[wsclient.Socket | None]) -> None:
 
 def ws_url(spec: Spec, protocol: StreamProtocol) -> str:
     return spec["url"].replace("http://", "ws://", 1) + protocol.path
+
+
+def ws_urls(spec: Spec, protocol: StreamProtocol) -> str | list[str]:
+    """The fanout's sockets: spread over every server in spec["urls"] when it names several."""
+    if not spec.get("urls"):
+        return ws_url(spec, protocol)
+    return [u.replace("http://", "ws://", 1) + protocol.path for u in spec["urls"]]
 
 
 def percentile(sorted_values: list[float] | array, q: float) -> float:
@@ -272,7 +281,7 @@ async def fanout(spec: Spec, backend: wsclient.Backend) -> dict[str, Any]:
     run = FanoutRun(spec)
     started = time.perf_counter()
     sockets, failures = await connect_all(
-        backend, ws_url(spec, run.protocol), spec["headers"], run, run.n, spec.get("concurrency", 100)
+        backend, ws_urls(spec, run.protocol), spec["headers"], run, run.n, spec.get("concurrency", 100)
     )
     if failures:
         raise Failure(f"{sum(failures.values())} of {run.n} sockets refused: {dict(failures)}")
@@ -281,7 +290,7 @@ async def fanout(spec: Spec, backend: wsclient.Backend) -> dict[str, Any]:
     for i, sender in enumerate(senders):
         run.senders[i] = sender
     await asyncio.sleep(spec["settle"])  # let presence events for the new sockets pass
-    cpu = CpuWindow(spec["server_pid"])
+    cpu = CpuWindow(spec["server_pid"], spec.get("watch_pids"))
     for sender in senders:
         sender.send_next()
     await asyncio.sleep(spec["warmup"])
@@ -411,7 +420,7 @@ class LatencyRun(Subscribers):
 async def latency(spec: Spec, backend: wsclient.Backend) -> dict[str, Any]:
     run = LatencyRun(spec)
     sockets, failures = await connect_all(
-        backend, ws_url(spec, run.protocol), spec["headers"], run, run.n, spec.get("concurrency", 100)
+        backend, ws_urls(spec, run.protocol), spec["headers"], run, run.n, spec.get("concurrency", 100)
     )
     if failures:
         raise Failure(f"{sum(failures.values())} of {run.n} sockets refused: {dict(failures)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import resource
 import time
+from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -59,16 +60,20 @@ class CpuWindow:
     """CPU use between `start()` and `stop()`, in % of one core: the server's, this process's,
     and everything else's on the machine (other work on a shared box makes figures noisy)."""
 
-    def __init__(self, server_pid: int) -> None:
+    def __init__(self, server_pid: int, watched: dict[str, int] | None = None) -> None:
         self.server_pid = server_pid
+        self.watched = watched or {}  # more processes to report (name -> pid): a second server, Redis
         self._t0 = self._s0 = self._l0 = self._m0 = 0.0
+        self._w0: dict[str, float] = {}
         self.wall = self.server_pct = self.loadgen_pct = self.other_pct = 0.0
+        self.watched_pct: dict[str, float] = {}
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
         self._s0 = cpu_seconds(self.server_pid)
         self._l0 = cpu_seconds(os.getpid())
         self._m0 = machine_busy_seconds()
+        self._w0 = {name: cpu_seconds(pid) for name, pid in self.watched.items()}
 
     def stop(self) -> None:
         self.wall = max(time.perf_counter() - self._t0, 1e-9)
@@ -77,8 +82,13 @@ class CpuWindow:
         machine = machine_busy_seconds() - self._m0
         self.server_pct = 100 * server / self.wall
         self.loadgen_pct = 100 * loadgen / self.wall
-        self.other_pct = max(0.0, 100 * (machine - server - loadgen) / self.wall)
+        watched = {name: cpu_seconds(pid) - self._w0[name] for name, pid in self.watched.items()}
+        self.watched_pct = {name: 100 * used / self.wall for name, used in watched.items()}
+        self.other_pct = max(0.0, 100 * (machine - server - loadgen - sum(watched.values())) / self.wall)
 
-    def as_dict(self) -> dict[str, float]:
-        return {"server_cpu": self.server_pct, "loadgen_cpu": self.loadgen_pct, "other_cpu": self.other_pct,
-                "window_s": self.wall}
+    def as_dict(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"server_cpu": self.server_pct, "loadgen_cpu": self.loadgen_pct,
+                                 "other_cpu": self.other_pct, "window_s": self.wall}
+        if self.watched:
+            found["watched_cpu"] = self.watched_pct
+        return found

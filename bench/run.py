@@ -130,6 +130,9 @@ ROWS = [
         ">= 0.85x chatd without a broker", _ratio_at_least(0.85)),
     Row("broker_posts", "acked msgs/s, Redis broker", "/s", True, "chatd:posts",
         ">= 0.85x chatd without a broker", _ratio_at_least(0.85)),
+    # No target (issue 15 asks for the figures): two processes and Redis on this box against one.
+    Row("cluster_fanout", "deliveries/s, 2 processes", "/s", True, "chatd:fanout",
+        "none: report, with each process's CPU", lambda v, r: None),
     # The reference is chatd's posts on SQLite, for scale; the target is absolute.
     Row("pg_posts", "acked msgs/s, PostgreSQL", "/s", True, "chatd:posts", ">= 3,000/s", lambda v, r: v >= 3000),
 ]
@@ -378,6 +381,35 @@ def run_broker_posts(ctx: Context, kind: str) -> dict[str, Sample]:
         return {"broker_posts": run_posts(ctx, kind, redis.url)["posts"]}
 
 
+def run_cluster_fanout(ctx: Context, kind: str) -> dict[str, Sample]:
+    """The fanout workload against two chatd processes on one database joined by a private
+    Redis, the subscribers and senders spread over both. Nothing pinned: the two processes,
+    Redis and the load generator share the box's cores as they would in production."""
+    assert kind == "chatd" and ctx.template is not None
+    s = ctx.sizes
+    db = ctx.template.copy_to(ctx.workdir / "cluster.db")
+    with harness.RedisProcess(ctx.workdir) as redis:
+        procs = [harness.chatd_server(db, None, ctx.workdir / f"chatd-cluster-{n}.log", redis.url) for n in (1, 2)]
+        try:
+            for proc in procs:
+                proc.start()
+            spec = {**base_spec(ctx, procs[0], "fanout"), "protocol": "stream", "headers": bearer(ctx),
+                    "urls": [p.url for p in procs], "subscribers": s.fanout_subscribers,
+                    "senders": s.fanout_senders, "duration": s.fanout_seconds,
+                    "watch_pids": {"chatd_2": procs[1].pid, "redis": redis.proc.pid}}  # type: ignore[union-attr]
+            result = harness.run_loadgen(spec, ctx.workdir, None, timeout=s.fanout_seconds + 2 * s.drain_seconds + 120)
+        finally:
+            codes = [proc.stop() for proc in procs]
+    if any(codes):
+        raise BenchError(f"a chatd serve of the pair exited with status {codes}")
+    watched = result.get("watched_cpu", {})
+    result = {**result, "server_cpu": result.get("server_cpu", 0.0) + watched.get("chatd_2", 0.0),
+              "per_process_cpu": [result.get("server_cpu", 0.0), watched.get("chatd_2", 0.0)],
+              "redis_cpu": watched.get("redis", 0.0)}
+    return {"cluster_fanout": sample(result.get("deliveries_per_s", 0.0), result,
+                                     stored_problems(procs[0], result.get("messages", 0)))}
+
+
 def run_pg_posts(ctx: Context, kind: str) -> dict[str, Sample]:
     """The posts workload's 16 stream senders against chatd on a private PostgreSQL (fsync on),
     the template's users copied in with `chatd migrate-db`."""
@@ -406,6 +438,7 @@ WORKLOADS = [
     Workload("edits", "chatd:fanout", ("edits",), run_edits),
     Workload("broker_fanout", "chatd:fanout", ("broker_fanout",), run_broker_fanout),
     Workload("broker_posts", "chatd:posts", ("broker_posts",), run_broker_posts),
+    Workload("cluster_fanout", "chatd:fanout", ("cluster_fanout",), run_cluster_fanout),
     Workload("pg_posts", "chatd:posts", ("pg_posts",), run_pg_posts),
 ]
 
@@ -484,7 +517,17 @@ def summarize(result: Result, smoke: bool) -> dict[str, Any]:
         "rounds": len(result.chatd), "chatd_runs": [_num(s.value) for s in result.chatd],
         "reference_runs": [_num(s.value) for s in result.reference],
         "problems": sorted({p for s in result.chatd + result.reference for p in s.problems}),
+        **_cluster_cpu(result.chatd),
     }
+
+
+def _cluster_cpu(samples: list[Sample]) -> dict[str, Any]:
+    """For the two-process workload: each process's CPU and Redis's (medians), in % of a core."""
+    found = [s.details for s in samples if "per_process_cpu" in s.details]
+    if not found:
+        return {}
+    return {"per_process_cpu": [_num(median([d["per_process_cpu"][i] for d in found])) for i in (0, 1)],
+            "redis_cpu": _num(median([d["redis_cpu"] for d in found]))}
 
 
 def _per_core(row: Row, samples: list[Sample]) -> float | None:

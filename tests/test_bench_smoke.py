@@ -18,11 +18,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = {
     "fanout", "latency", "connections", "posts", "posts_http", "http_ceiling", "pages_room", "pages_history", "browser",
-    "search", "search_rate", "edits", "broker_fanout", "broker_posts", "pg_posts",
+    "search", "search_rate", "edits", "broker_fanout", "broker_posts", "cluster_fanout", "pg_posts",
 }
 
 
-BROKER_ROWS = {"broker_fanout", "broker_posts", "pg_posts"}  # the workloads that need redis-server, postgresql
+# The workloads that need redis-server and postgresql.
+BROKER_ROWS = {"broker_fanout", "broker_posts", "cluster_fanout", "pg_posts"}
 
 
 def test_bench_smoke_runs_every_workload_without_loss() -> None:
