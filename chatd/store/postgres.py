@@ -8,10 +8,18 @@ said in shared SQL (the schema, search, the data_version probe) is written for e
 
 Why psycopg 3 and its synchronous connections: the store runs each transaction as one
 function on a connection of its own thread (db.ThreadConnection), and small reads inline;
-psycopg's blocking API fits that shape exactly, prepares repeated statements by itself,
-and pipelines executemany. Write transactions take one advisory lock first, so writers are
-serialised across every process and box as SQLite serialises them (BEGIN IMMEDIATE):
-the message writer's group commit keeps that cheap, one lock per batch.
+psycopg's blocking API fits that shape exactly and prepares repeated statements by itself.
+Write transactions take one advisory lock first, so writers are serialised across every
+process and box as SQLite serialises them (BEGIN IMMEDIATE): the message writer's group
+commit keeps that cheap, one lock per batch. A batch of messages is four round trips: BEGIN
+with the lock and the next id, the retry lookup, the room check, and the writes sent with the
+COMMIT in one pipeline (executemany inside a transaction waits for the next statement). It
+runs on the event loop's own connection, as SQLite's does: from a thread, each round trip
+would wait for the GIL the busy loop holds (docs/performance.md, "PostgreSQL").
+
+Changes to credentials and rooms by other processes or commands (meta's auth_version and
+rooms_version) are heard through LISTEN/NOTIFY: `PRAGMA data_version`, SQLite's cheap probe,
+is answered from the notifications that arrived, without a round trip.
 
 Errors come out as the store already knows them: a broken connection or a server that went
 away as `PgFault` (an sqlite3.OperationalError, mapped by db.storage_error to "try again"),
@@ -39,7 +47,8 @@ except ImportError:  # pragma: no cover - reported by connect()
     psycopg = None  # type: ignore[assignment]
 
 SCHEMES = ("postgresql://", "postgres://")
-WRITE_LOCK = 7_336_142  # pg_advisory_xact_lock key: one writer at a time (chatd in ASCII, roughly)
+# Advisory lock keys (arbitrary, chatd's own): one writer at a time, one migrating process.
+WRITE_LOCK = 7_336_142
 SCHEMA_LOCK = 7_336_143
 CONNECT_TIMEOUT = 5
 RETRY_AFTER = 1.0  # seconds between attempts to reconnect
