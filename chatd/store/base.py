@@ -134,6 +134,7 @@ class StoreBase(Mirror):
             # (docs/performance.md, "PostgreSQL").
             self._inline_writer = await asyncio.to_thread(connect_sync, self.path, self.sync)
             self._inline_writer.never_wait = True  # type: ignore[attr-defined]
+            self._inline_writer.on_loop = self._inline.on_loop = True  # type: ignore[attr-defined]
             self._inline_writer.listen_for_meta()  # type: ignore[attr-defined]
         elif self.sync == "normal":  # a commit waits for no disk: messages are written inline
             self._inline_writer = await asyncio.to_thread(connect_sync, self.path, self.sync)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import lru_cache
@@ -51,6 +52,10 @@ SCHEMES = ("postgresql://", "postgres://")
 WRITE_LOCK = 7_336_142
 SCHEMA_LOCK = 7_336_143
 CONNECT_TIMEOUT = 5
+# libpq's: give up connecting after CONNECT_TIMEOUT s, and find a server gone without a word
+# (a lost box, a cut link) within about 15 s rather than the kernel's minutes.
+_CONNECT_OPTIONS = {"connect_timeout": CONNECT_TIMEOUT, "keepalives": 1, "keepalives_idle": 10,
+                    "keepalives_interval": 3, "keepalives_count": 3, "tcp_user_timeout": 15_000}
 RETRY_AFTER = 1.0  # seconds between attempts to reconnect
 UNSPACED_RE = f"[{UNSPACED_CLASS}]"  # a message with any of these is searched by substring too
 # PostgreSQL's text search parser reads tags, URLs, hosts, paths and numbers with dots out of
@@ -239,6 +244,10 @@ class PgConnection:
         # The message writer's connection on the event loop (base.py) must not wait for the
         # write lock: PgBusy instead, and the batch goes to the writer thread, which waits.
         self.never_wait = False
+        # Used on the event loop (base.py): connects again on a thread (_connect).
+        self.on_loop = False
+        self._connected_once = False
+        self._connecting: threading.Thread | None = None
         self._queued: list[Callable[[Any], Any]] = []  # executemany's, inside a transaction
         self._next_id: int | None = None  # read with the write lock (_begin_write)
         self._listening = False
@@ -255,15 +264,30 @@ class PgConnection:
             raise PgFault("PostgreSQL support is not installed (pip install 'chatd[scale]')")
         if time.monotonic() < self._retry_at:
             raise PgFault("the PostgreSQL server is not answering")
+        if self.on_loop and self._connected_once:
+            # Connecting again, from the event loop: on a thread, so that a server that does
+            # not answer (a lost box) never holds the loop for the connect timeout.
+            if self._connecting is None or not self._connecting.is_alive():
+                self._connecting = threading.Thread(target=self._connect_quietly, name="chatd-pg-connect",
+                                                    daemon=True)
+                self._connecting.start()
+            raise PgFault("connecting to the PostgreSQL server again")
+        self._connect_now()
+
+    def _connect_now(self) -> None:
         try:
-            self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                                         application_name="chatd")
+            conn = psycopg.connect(self.url, autocommit=True, application_name="chatd", **_CONNECT_OPTIONS)
             if self._listening:  # a new connection listens again, and may have missed some
-                self._conn.execute("LISTEN chatd_meta")
+                conn.execute("LISTEN chatd_meta")
                 self._meta_changes += 1
         except psycopg.Error as exc:
             self._retry_at = time.monotonic() + RETRY_AFTER
             raise PgFault(_first_line(exc)) from None
+        self._conn, self._connected_once = conn, True
+
+    def _connect_quietly(self) -> None:
+        with contextlib.suppress(PgFault):
+            self._connect_now()
 
     @property
     def in_transaction(self) -> bool:
