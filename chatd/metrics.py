@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from aiohttp import web
 
-from chatd.state import HUB, STORE
+from chatd.state import HUB, SERVICES, STORE
 
 
 def render_metrics(app: web.Application) -> str:
@@ -12,7 +14,15 @@ def render_metrics(app: web.Application) -> str:
     m = hub.metrics
     streams = sum(1 for c in hub.conns if c.kind == "stream")
     writer = app[STORE].messages_writer
+    broker = app[SERVICES].broker
+    node = getattr(broker, "node_id", "") if broker.shared else ""
+    engine = "postgresql" if app[STORE].postgres else "sqlite"
     lines = [
+        # Every figure below is this process's: with several, scrape each and tell them apart by this.
+        "# HELP chatd_process_info The process these figures are from: its pid, its id among the processes"
+        " joined by the broker (empty without one), and the database engine.",
+        "# TYPE chatd_process_info gauge",
+        f'chatd_process_info{{pid="{os.getpid()}",node="{node}",database="{engine}"}} 1',
         "# HELP chatd_connections Open WebSocket connections.",
         "# TYPE chatd_connections gauge",
         f'chatd_connections{{kind="stream"}} {streams}',

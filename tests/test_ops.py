@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 import pytest
 from aiohttp import ClientSession, CookieJar
 
-from conftest import PASSWORD, Chat, login
+from conftest import CONFIGURATION, PASSWORD, Chat, login
 
 
 async def test_metrics_from_loopback(chat: Chat) -> None:
@@ -25,6 +26,11 @@ async def test_metrics_from_loopback(chat: Chat) -> None:
     assert "chatd_slow_consumers_dropped_total 0" in text
     assert 'chatd_sqlite_write_seconds_bucket{le="+Inf"} 1' in text
     assert "chatd_sqlite_write_seconds_count 1" in text
+    # Which process these are from: with several, each is scraped on its own (docs/scaling.md).
+    info = re.search(r'chatd_process_info\{pid="(\d+)",node="([0-9a-f]*)",database="(\w+)"\} 1', text)
+    assert info is not None and int(info.group(1)) == os.getpid()  # the app runs in this process here
+    assert info.group(3) == ("postgresql" if CONFIGURATION.startswith("postgresql") else "sqlite")
+    assert (info.group(2) != "") == (CONFIGURATION != "sqlite")
     await ws.close()
 
 
