@@ -315,10 +315,7 @@ def backup(dest: Path, db: Path | None) -> None:
         await store.backup(dest)
 
     source = load_config({"db": db}).db
-    if is_postgres(source):
-        raise click.ClickException("chatd backup copies a SQLite database; back up PostgreSQL with pg_dump "
-                                   "(see docs/scaling.md).")
-    if not source.exists():
+    if not is_postgres(source) and not source.exists():  # PostgreSQL: the store says to use pg_dump
         # A mistyped --db must not "back up" a fresh empty database.
         raise click.ClickException(f"No database at {source}; check --db or CHATD_DB.")
     with_accounts(db, op)

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from chatd.errors import BadInput
+from chatd.store.postgres import is_postgres
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SYNC_MODES = ("normal", "full")
@@ -137,7 +138,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
                 return False
             raise ValueError(value)
         if isinstance(default, Path):  # the database: a SQLite file, or a postgresql:// URL
-            return str(value) if str(value).lower().startswith(("postgresql://", "postgres://")) else Path(value)
+            return str(value) if is_postgres(str(value)) else Path(value)
         if isinstance(default, tuple):
             items = value if isinstance(value, list) else str(value).split(",")
             return tuple(str(item).strip() for item in items if str(item).strip())

@@ -15,7 +15,7 @@ def render_metrics(app: web.Application) -> str:
     streams = sum(1 for c in hub.conns if c.kind == "stream")
     writer = app[STORE].messages_writer
     broker = app[SERVICES].broker
-    node = getattr(broker, "node_id", "") if broker.shared else ""
+    node = broker.node_id if broker.shared else ""
     engine = "postgresql" if app[STORE].postgres else "sqlite"
     lines = [
         # Every figure below is this process's: with several, scrape each and tell them apart by this.

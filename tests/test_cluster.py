@@ -112,7 +112,7 @@ def test_a_server_without_a_broker_refuses_a_database_a_cluster_uses(db: Path | 
 
 
 async def test_posts_on_both_processes_reach_streams_on_both_in_id_order_and_replay_across(
-    tmp_path: Path, db: Path | str, server_factory, redis_server: RedisServer,
+    db: Path | str, server_factory, redis_server: RedisServer,
 ) -> None:
     alice, bob = make_user(db, "alice"), make_user(db, "bob")
     a, b = pair(server_factory, redis_server, db)
@@ -133,7 +133,7 @@ async def test_posts_on_both_processes_reach_streams_on_both_in_id_order_and_rep
 
 
 async def test_kill_9_of_one_process_during_posts_to_both_loses_no_acknowledged_message(
-    tmp_path: Path, db: Path | str, server_factory, redis_server: RedisServer,
+    db: Path | str, server_factory, redis_server: RedisServer,
 ) -> None:
     alice, bob = make_user(db, "alice"), make_user(db, "bob")
     a, b = pair(server_factory, redis_server, db)
@@ -163,7 +163,7 @@ async def test_kill_9_of_one_process_during_posts_to_both_loses_no_acknowledged_
 
 
 async def test_a_redis_restart_mid_traffic_loses_and_duplicates_nothing(
-    tmp_path: Path, db: Path | str, server_factory, redis_server: RedisServer,
+    db: Path | str, server_factory, redis_server: RedisServer,
 ) -> None:
     alice, bob = make_user(db, "alice"), make_user(db, "bob")
     a, b = pair(server_factory, redis_server, db)
@@ -192,7 +192,7 @@ async def test_a_redis_restart_mid_traffic_loses_and_duplicates_nothing(
 
 
 async def test_presence_and_typing_cross_processes_and_a_killed_process_goes_offline(
-    tmp_path: Path, db: Path | str, server_factory, redis_server: RedisServer,
+    db: Path | str, server_factory, redis_server: RedisServer,
 ) -> None:
     alice, bob = make_user(db, "alice"), make_user(db, "bob")
     a, b = pair(server_factory, redis_server, db)
@@ -209,7 +209,7 @@ async def test_presence_and_typing_cross_processes_and_a_killed_process_goes_off
 
 
 async def test_removal_on_one_process_ends_access_on_the_other(
-    tmp_path: Path, db: Path | str, server_factory, redis_server: RedisServer,
+    db: Path | str, server_factory, redis_server: RedisServer,
 ) -> None:
     assert run_cli("adduser", "root", "--admin", "--password-stdin", db=db, stdin=PASSWORD + "\n").returncode == 0
     admin = run_cli("token", "root", db=db).stdout.strip()
@@ -240,7 +240,7 @@ async def test_removal_on_one_process_ends_access_on_the_other(
 
 
 async def test_the_rate_limit_counts_a_users_messages_on_every_process(
-    tmp_path: Path, db: Path | str, server_factory, redis_server: RedisServer,
+    db: Path | str, server_factory, redis_server: RedisServer,
 ) -> None:
     alice, bob = make_user(db, "alice"), make_user(db, "bob")
     slow = {"CHATD_MESSAGES_PER_SECOND": "0.01", "CHATD_MESSAGE_BURST": "5"}
@@ -260,7 +260,7 @@ async def test_the_rate_limit_counts_a_users_messages_on_every_process(
 
 
 async def test_sign_in_and_room_creation_limits_count_on_every_process(
-    tmp_path: Path, db: Path | str, server_factory, redis_server: RedisServer,
+    db: Path | str, server_factory, redis_server: RedisServer,
 ) -> None:
     alice, bob = make_user(db, "alice"), make_user(db, "bob")
     limits = {**FLOOD_ENV, "CHATD_LOGIN_ATTEMPTS_PER_ACCOUNT": "3", "CHATD_ROOMS_PER_HOUR": "2"}
@@ -331,7 +331,7 @@ async def test_workers_share_one_port_one_setup_link_and_stop_on_sigterm(
 
 
 def test_two_processes_on_a_fresh_database_print_the_same_setup_link(
-    tmp_path: Path, db: Path | str, server_factory, redis_server: RedisServer,
+    db: Path | str, server_factory, redis_server: RedisServer,
 ) -> None:
     a, b = pair(server_factory, redis_server, db)
     links = [server.read_line() for server in (a, b)]

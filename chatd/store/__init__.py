@@ -52,7 +52,7 @@ class Store(AccountsStore, RoomsStore, SearchStore):
         dest = Path(dest)
         if self.postgres:
             raise BadInput("chatd backup copies a SQLite database; back up PostgreSQL with pg_dump "
-                           "(docs/scaling.md)")
+                           "(see docs/scaling.md)")
 
         def op(conn: sqlite3.Connection) -> None:
             _remove_leftovers(dest.parent)

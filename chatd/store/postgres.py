@@ -39,6 +39,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from chatd.errors import Conflict, SchemaTooNew
 from chatd.rules import UNSPACED_CLASS
 from chatd.store.changes import NEXT_ID
 
@@ -61,8 +62,8 @@ UNSPACED_RE = f"[{UNSPACED_CLASS}]"  # a message with any of these is searched b
 # PostgreSQL's text search parser reads tags, URLs, hosts, paths and numbers with dots out of
 # text as tokens of their own (and "<b>" not at all); SQLite's unicode61 sees words between any
 # punctuation. ASCII punctuation becomes spaces first, so both find the same words.
-_PUNCTUATION = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
-SPLIT_WORDS = "translate(body, '{}', '{}')".format(_PUNCTUATION.replace("'", "''"), " " * len(_PUNCTUATION))
+PUNCTUATION = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
+SPLIT_WORDS = "translate(body, '{}', '{}')".format(PUNCTUATION.replace("'", "''"), " " * len(PUNCTUATION))
 
 
 def is_postgres(db: object) -> bool:
@@ -88,7 +89,10 @@ class PgBusy(sqlite3.OperationalError):
 
 
 class PgFault(sqlite3.OperationalError):
-    """PostgreSQL cannot be reached, or the connection to it broke."""
+    """PostgreSQL cannot be reached, or the connection to it broke (SQLite's nearest: an I/O
+    error; db.storage_error maps it to its own sentence)."""
+
+    sqlite_errorcode = sqlite3.SQLITE_IOERR
 
     def __init__(self, cause: str) -> None:
         super().__init__(cause)
@@ -204,8 +208,6 @@ def schema_version(conn: PgConnection) -> int:
 
 def migrate(conn: PgConnection) -> int:
     """Apply pending migrations, each in its own transaction, one process at a time."""
-    from chatd.errors import SchemaTooNew
-
     conn.execute("BEGIN")
     try:
         conn.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
@@ -425,9 +427,7 @@ class PgConnection:
             self._connect()  # broken before, and not in a transaction (that would have failed)
         try:
             return fn(self._conn)
-        except psycopg.errors.UniqueViolation as exc:
-            raise sqlite3.IntegrityError(_first_line(exc)) from None
-        except psycopg.errors.IntegrityError as exc:
+        except psycopg.errors.IntegrityError as exc:  # a unique violation among them
             raise sqlite3.IntegrityError(_first_line(exc)) from None
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             if self._conn.broken or self._conn.closed:
@@ -529,8 +529,7 @@ def translate(sql: str) -> tuple[str, tuple[int, ...] | None]:
         elif token == "%":
             out.append("%%")
         elif upper in ("MAX(", "MIN("):
-            close = _closing(sql, match.end())
-            several = _has_top_level_comma(sql[match.end():close])
+            several = _several_arguments(sql, match.end())
             out.append(("greatest(" if upper == "MAX(" else "least(") if several else token)
         elif upper.startswith("INSERT"):
             ignore = True
@@ -548,24 +547,16 @@ def translate(sql: str) -> tuple[str, tuple[int, ...] | None]:
     return text, (tuple(order) if numbered else None)
 
 
-def _closing(sql: str, start: int) -> int:
-    depth = 1
-    for i in range(start, len(sql)):
-        if sql[i] == "(":
-            depth += 1
-        elif sql[i] == ")":
-            depth -= 1
-            if depth == 0:
-                return i
-    return len(sql)
-
-
-def _has_top_level_comma(inner: str) -> bool:
+def _several_arguments(sql: str, start: int) -> bool:
+    """Does the call whose arguments begin at `start` take more than one (a comma outside any
+    inner parentheses before its closing one)?"""
     depth = 0
-    for ch in inner:
+    for ch in sql[start:]:
         if ch == "(":
             depth += 1
         elif ch == ")":
+            if depth == 0:
+                return False
             depth -= 1
         elif ch == "," and depth == 0:
             return True
@@ -595,8 +586,6 @@ def hold_server(url: str, shared: bool) -> Iterator[None]:
     try:
         take = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
         if not conn.execute(f"SELECT {take}({SERVER_LOCK})").fetchone()[0]:
-            from chatd.errors import Conflict
-
             if shared:
                 raise Conflict(f"a chatd serve without --broker is using the database {redacted(url)}; "
                                "stop it first, or give it the same --broker")

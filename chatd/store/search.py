@@ -20,7 +20,7 @@ from chatd.models import Message
 from chatd.rules import UNSPACED_CLASS, SearchQuery
 from chatd.store.base import StoreBase
 from chatd.store.db import transaction
-from chatd.store.postgres import UNSPACED_RE
+from chatd.store.postgres import PUNCTUATION, UNSPACED_RE
 from chatd.store.rows import _MESSAGE, _messages
 from chatd.store.schema import UNSPACED_GLOB
 
@@ -86,7 +86,7 @@ def _search_postgres(conn: sqlite3.Connection, query: SearchQuery, rooms: list[i
                      limit: int) -> list[tuple[Message, str]]:
     """The same search on PostgreSQL (store/postgres.py): the words as a tsquery over the
     generated `words` column, the runs without spaces by substring (ILIKE, which the pg_trgm
-    index answers), newest first; snippets by ts_headline, or around the first run found."""
+    index answers), newest first; snippets made here as FTS5 makes them (_snippet)."""
     where = ["m.room_id = ANY(?)", "m.id < ?"]
     args: list[object] = [rooms, before if before is not None else 1 << 62]
     if query.phrases:
@@ -135,9 +135,11 @@ def _snippet(body: str, query: SearchQuery) -> str:
     spans = [(t.start(), t.end()) for t in tokens
              if (folded := _fold(t.group())) in exact or (prefixes and folded.startswith(prefixes))]
     folded_body = body.casefold()
-    for run in query.runs:
-        needle, at = run.casefold(), folded_body.find(run.casefold())
-        while at >= 0 and len(folded_body) == len(body):
+    # Casefolding that changes lengths (ß -> ss) would shift every position: runs stay unmarked.
+    for run in query.runs if len(folded_body) == len(body) else ():
+        needle = run.casefold()
+        at = folded_body.find(needle)
+        while at >= 0:
             spans.append((at, at + len(needle)))
             at = folded_body.find(needle, at + 1)
     spans.sort()
@@ -170,7 +172,7 @@ def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
-_PUNCTUATION_RE = re.compile(r"[!-/:-@\\[-`{-~]+")  # ASCII punctuation, as SPLIT_WORDS
+_PUNCTUATION_RE = re.compile(f"[{re.escape(PUNCTUATION)}]+")  # what SPLIT_WORDS makes spaces
 _BODY_WORD = re.compile(f"[\\w\u0300-\u036f{UNSPACED_CLASS}]+")
 
 

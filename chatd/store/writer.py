@@ -219,8 +219,7 @@ class MessageWriter:
             try:
                 results = _insert_batch(self._inline, batch, seqs)
             except sqlite3.OperationalError as exc:
-                code = getattr(exc, "sqlite_errorcode", None)
-                if code is None or code & 0xFF != sqlite3.SQLITE_BUSY:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
                     raise
                 self.deferred += 1
             else:
