@@ -167,3 +167,45 @@ def test_migrate_db_refuses_what_it_cannot_copy(tmp_path: Path, pg_url: str) -> 
     make_user(tmp_path / "chatd.db", "alice")
     not_pg = run_cli("migrate-db", "--to", str(tmp_path / "other.db"), db=tmp_path / "chatd.db")
     assert not_pg.returncode == 1 and "postgresql://" in not_pg.stderr
+
+
+def test_reads_sent_ahead_come_with_the_begin_and_never_outlive_a_write(pg_url: str) -> None:
+    """The message writer's reads go with its BEGIN (PgConnection.ahead): answered from
+    there, in the transaction, until it first writes; after a write, from the server."""
+    from chatd.store.postgres import connect
+    conn = connect(pg_url)
+    other = psycopg.connect(pg_url, autocommit=True)
+    try:
+        other.execute("INSERT INTO meta (key, value) VALUES ('probe', 'before')")
+        read = "SELECT value FROM meta WHERE key = ?"
+        conn.ahead(read, ("probe",))
+        conn.ahead("SELECT count(*) FROM meta WHERE key = ?", ("probe",))
+        conn.execute("BEGIN IMMEDIATE")
+        other.execute("UPDATE meta SET value = 'elsewhere' WHERE key = 'probe'")  # after the read ahead
+        assert conn.execute(read, ("probe",)).fetchone() == ("before",), "answered from the BEGIN's round trip"
+        conn.execute("UPDATE meta SET value = 'mine' WHERE key = ?", ("probe",))
+        assert conn.execute("SELECT count(*) FROM meta WHERE key = ?", ("probe",)).fetchone() == (1,)
+        assert conn.execute(read, ("probe",)).fetchone() == ("mine",), "after a write, the server answers"
+        conn.execute("ROLLBACK")
+        assert conn.execute(read, ("probe",)).fetchone() == ("elsewhere",)
+    finally:
+        conn.close()
+        other.close()
+
+
+def test_a_join_over_arrays_is_planned_at_each_call(pg_url: str) -> None:
+    """A generic plan made while the messages table was small (a hash join over all of it,
+    the retry lookup's once) would be kept as the table grows: such reads are never
+    prepared. Other statements are, once they have run a few times."""
+    from chatd.store.postgres import connect
+    conn = connect(pg_url)
+    try:
+        for _ in range(8):
+            assert conn.execute("SELECT k.v FROM unnest(?::bigint[]) AS k(v) JOIN users u ON u.id = k.v",
+                                ([1, 2],)).fetchall() is not None
+            conn.execute("SELECT count(*) FROM users WHERE id > ?", (0,)).fetchone()
+        prepared = [row[0] for row in conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()]
+        assert any("count(*) FROM users" in s for s in prepared), prepared
+        assert not any("unnest(" in s for s in prepared), prepared
+    finally:
+        conn.close()

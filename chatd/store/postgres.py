@@ -252,6 +252,8 @@ class PgConnection:
         self._connecting: threading.Thread | None = None
         self._queued: list[Callable[[Any], Any]] = []  # executemany's, inside a transaction
         self._next_id: int | None = None  # read with the write lock (_begin_write)
+        self._ahead: list[tuple[str, Any]] = []  # reads to send with the next BEGIN IMMEDIATE (ahead)
+        self._answers: dict[tuple[str, Any], list[tuple]] = {}  # their rows, until the transaction writes
         self._listening = False
         self._meta_changes = 0
         self._conn: Any = None
@@ -302,8 +304,22 @@ class PgConnection:
         known, self._next_id = self._next_id, None
         if known is not None and sql == NEXT_ID:
             return _Row(known)  # nothing was written since it was read
+        if self._answers:
+            rows = self._answers.pop((sql, _hashable(params)), None)
+            if rows is not None:
+                return _Rows(rows)
+            if not sql.startswith("SELECT"):
+                self._answers = {}  # a write: what was read ahead may be out of date
         text, order = translate(sql)
-        return self._send(lambda c: c.execute(text, _ordered(params, order)))
+        prepare = _prepare(text)
+        return self._send(lambda c: c.execute(text, _ordered(params, order), prepare=prepare))
+
+    def ahead(self, sql: str, params: Any = ()) -> None:
+        """A read the next write transaction will make: sent in the same round trip as its
+        BEGIN IMMEDIATE, after the write lock is taken, and answered from there when it is
+        asked, until the transaction first writes (the message writer's retry lookup and
+        room checks: a batch is then two round trips, not four)."""
+        self._ahead.append((sql, params))
 
     def executemany(self, sql: str, rows: Any) -> None:
         """Inside a transaction, queued and sent with the next statement (the COMMIT, for the
@@ -312,7 +328,7 @@ class PgConnection:
         rows = list(rows)
         if not rows:
             return
-        self._next_id = None
+        self._next_id, self._answers = None, {}
         found = _INSERT_VALUES.match(sql)
         if found is not None and len(rows) > 1:
             op = self._insert_many(found, rows)
@@ -405,7 +421,7 @@ class PgConnection:
         return self._meta_changes
 
     def rollback(self) -> None:
-        self._queued, self._next_id = [], None
+        self._queued, self._next_id, self._answers = [], None, {}
         if self.in_transaction:
             try:
                 self._conn.execute("ROLLBACK")
@@ -439,17 +455,30 @@ class PgConnection:
     # -- statements said otherwise on PostgreSQL --
 
     def _begin_write(self) -> None:
-        # One round trip: a query without parameters may hold two statements.
         take = "pg_try_advisory_xact_lock" if self.never_wait else "pg_advisory_xact_lock"
+        ahead, self._ahead = self._ahead, []
 
         def op(conn: Any) -> Any:
             # With the change log's next id (changes.NEXT_ID), which a write transaction asks
-            # first: read under the lock, in the same round trip, and answered from here.
-            cur = conn.execute(f"BEGIN; SELECT {take}({WRITE_LOCK}); {translate(NEXT_ID)[0]}".encode())
-            cur.nextset()  # past BEGIN's result, to the lock's
-            got = cur.fetchone()[0]
-            if cur.nextset():
-                self._next_id = cur.fetchone()[0]
+            # first, and the reads queued ahead: all under the lock, in one round trip.
+            if not ahead:  # a query without parameters may hold several statements
+                cur = conn.execute(f"BEGIN; SELECT {take}({WRITE_LOCK}); {translate(NEXT_ID)[0]}".encode())
+                cur.nextset()  # past BEGIN's result, to the lock's
+                got = cur.fetchone()[0]
+                if cur.nextset():
+                    self._next_id = cur.fetchone()[0]
+                return got
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                lock = conn.execute(f"SELECT {take}({WRITE_LOCK})")
+                next_id = conn.execute(translate(NEXT_ID)[0])
+                reads = [conn.execute(text, _ordered(params, order), prepare=_prepare(text))
+                         for text, order, params in ((*translate(sql), params) for sql, params in ahead)]
+            got = lock.fetchone()[0]  # False: taken elsewhere (try); None: waited for (void)
+            if got is not False:
+                self._next_id = next_id.fetchone()[0]
+                self._answers = {(sql, _hashable(params)): cur.fetchall()
+                                 for (sql, params), cur in zip(ahead, reads, strict=True)}
             return got
 
         try:
@@ -460,6 +489,26 @@ class PgConnection:
         if got is False:
             self.rollback()
             raise PgBusy("another process is writing")
+
+
+class _Rows:
+    """A cursor over rows read ahead."""
+
+    def __init__(self, rows: list[tuple]) -> None:
+        self._rows = rows
+
+    def fetchone(self) -> tuple | None:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[tuple]:
+        return self._rows
+
+    def __iter__(self) -> Iterator[tuple]:
+        return iter(self._rows)
+
+
+def _hashable(params: Any) -> Any:
+    return tuple(tuple(p) if isinstance(p, list) else p for p in params)
 
 
 class _Row:
@@ -500,6 +549,14 @@ def _ordered(params: Any, order: tuple[int, ...] | None) -> Any:
 
 _TOKEN = re.compile(r"'(?:[^']|'')*'|\?(\d*)|%|\bmax\(|\bmin\(|\bINSERT OR IGNORE INTO\b|\bCROSS JOIN\b"
                     r"|\bAS INTEGER\)", re.IGNORECASE)
+
+
+def _prepare(text: str) -> bool | None:
+    """Whether psycopg may prepare a statement (None: once it has run a few times). A join
+    over arrays (unnest) is planned at each call instead: its best plan depends on the
+    table's size, and a plan made once while the table was small (a hash join over every
+    message) would be kept as the table grows, until PostgreSQL next analyzes it."""
+    return False if text.startswith("SELECT") and "unnest(" in text else None
 
 
 @lru_cache(maxsize=2048)

@@ -246,11 +246,13 @@ def _insert_batch(conn: sqlite3.Connection, batch: list[Item], seqs: dict[int, i
     """Write one batch in one transaction; `seqs` gets each new message's position in its room."""
     seqs.clear()  # an inline attempt that found the lock taken may have begun it
     results: list[Result | ChangeResult] = []
+    posts = [item for item in batch if isinstance(item, Pending)]
+    lookup = _retry_lookup(conn, posts)
+    _read_ahead(conn, posts, lookup)
     with transaction(conn):
         next_id = changes.next_id(conn)
         rows: list[tuple[object, ...]] = []
-        posts = [item for item in batch if isinstance(item, Pending)]
-        known = _stored_retries(conn, posts)  # this batch's new messages join it as they come
+        known = _stored_retries(conn, posts, lookup)  # this batch's new messages join it as they come
         counts: dict[int, int] = {}  # room id -> message count so far
         last: dict[int, int] = {}  # room id -> newest message id
         marks: dict[tuple[int, int], tuple[Pending, int, int]] = {}  # posting reads the room
@@ -314,17 +316,15 @@ def _refusal(conn: sqlite3.Connection, item: Pending, counts: dict[int, int]) ->
     it (the room deleted or archived, or the author no longer a member); None if they may."""
     room_id = item.room.id
     if room_id not in counts:
-        row = conn.execute("SELECT message_count, kind, archived_at FROM rooms WHERE id = ?", (room_id,)).fetchone()
+        row = conn.execute(_ROOM_STATE, (room_id,)).fetchone()
         if row is None:
             return NotFound("no such room")
         if row[2] is not None:
             return Forbidden("this room is archived; it takes no new messages")
-        if row[1] != "public" and not conn.execute(
-                "SELECT 1 FROM memberships WHERE room_id = ? AND user_id = ?", (room_id, item.author.id)).fetchone():
+        if row[1] != "public" and not conn.execute(_IS_MEMBER, (room_id, item.author.id)).fetchone():
             return NotFound("no such room")
         counts[room_id] = row[0]
-    elif item.room.kind != "public" and not conn.execute(
-            "SELECT 1 FROM memberships WHERE room_id = ? AND user_id = ?", (room_id, item.author.id)).fetchone():
+    elif item.room.kind != "public" and not conn.execute(_IS_MEMBER, (room_id, item.author.id)).fetchone():
         return NotFound("no such room")
     return None
 
@@ -332,14 +332,13 @@ def _refusal(conn: sqlite3.Connection, item: Pending, counts: dict[int, int]) ->
 Retry = tuple[int, str | None, int, str]  # author id, client_id, room id, body
 
 
-def _stored_retries(conn: sqlite3.Connection, batch: list[Pending]) -> dict[Retry, Message]:
-    """Messages already stored with the same author, client_id, room and body as one in the
-    batch (what a retry of it would be; the body as it was sent, before any edit), newest of
-    each, in one query for the whole batch."""
-    keys = {(i.author.id, i.client_id, i.room.id, i.body): i for i in batch if i.client_id}
+def _retry_lookup(conn: sqlite3.Connection, batch: list[Pending]) -> tuple[str, list[object]] | None:
+    """The query for messages already stored with the same author, client_id, room and body
+    as one in the batch (what a retry of it would be; the body as it was sent, before any
+    edit), in id order; None when no post has a client_id."""
+    keys = {(i.author.id, i.client_id, i.room.id, i.body) for i in batch if i.client_id}
     if not keys:
-        return {}
-    found: dict[Retry, Message] = {}
+        return None
     if getattr(conn, "dialect", "sqlite") == "postgresql":
         # Arrays, not a VALUES list: the same text for any batch, so PostgreSQL plans it once
         # (planning the join costs more than running it).
@@ -349,20 +348,52 @@ def _stored_retries(conn: sqlite3.Connection, batch: list[Pending]) -> dict[Retr
         source = "(VALUES " + ", ".join(["(?, ?, ?, ?)"] * len(keys)) + ") k"
         params = [v for key in keys for v in key]
     # CROSS JOIN keeps the batch as the outer loop: one index search per key, never a scan.
-    for row in conn.execute(
+    return (
         f"SELECT m.id, m.room_id, r.slug, m.body, m.html, m.created_at, m.user_id, m.client_id,"
         f" m.mentions, m.edited_at, m.reactions, m.rev, k.column4"
         f" FROM {source} CROSS JOIN messages m ON m.user_id = k.column1"
-        f" AND m.client_id = k.column2 AND m.room_id = k.column3"
+        # +m.room_id: not by the room's index (all its messages), whatever the engine guesses.
+        f" AND m.client_id = k.column2 AND +m.room_id = k.column3"
         # As sent: an edited message keeps the body it was first sent with (migration 6).
         f" AND (m.body = k.column4 OR m.sent_body = k.column4)"
         f" JOIN rooms r ON r.id = m.room_id ORDER BY m.id",
         params,
-    ):
+    )
+
+
+def _stored_retries(conn: sqlite3.Connection, batch: list[Pending],
+                    lookup: tuple[str, list[object]] | None) -> dict[Retry, Message]:
+    """The messages `lookup` (_retry_lookup) finds, newest of each key, in one query."""
+    if lookup is None:
+        return {}
+    names = {(i.author.id, i.client_id, i.room.id, i.body): i.author.username for i in batch if i.client_id}
+    found: dict[Retry, Message] = {}
+    for row in conn.execute(*lookup):
         key = (row[6], row[7], row[1], row[12])
-        found[key] = _message((row[0], row[1], row[2], keys[key].author.username, row[6],
+        found[key] = _message((row[0], row[1], row[2], names[key], row[6],
                                row[3], row[4], row[5], row[7], row[8], row[9], row[10], row[11]))
     return found
+
+
+def _read_ahead(conn: sqlite3.Connection, posts: list[Pending], lookup: tuple[str, list[object]] | None) -> None:
+    """On PostgreSQL, the batch's reads (the retry lookup, the room checks of _refusal) go with
+    its BEGIN, under the write lock, in one round trip (PgConnection.ahead)."""
+    ahead = getattr(conn, "ahead", None)
+    if ahead is None or not posts:
+        return
+    if lookup is not None:
+        ahead(*lookup)
+    rooms: dict[int, Room] = {}
+    for item in posts:
+        if item.room.id not in rooms:
+            rooms[item.room.id] = item.room
+            ahead(_ROOM_STATE, (item.room.id,))
+    for room_id, author_id in {(i.room.id, i.author.id) for i in posts if i.room.kind != "public"}:
+        ahead(_IS_MEMBER, (room_id, author_id))
+
+
+_ROOM_STATE = "SELECT message_count, kind, archived_at FROM rooms WHERE id = ?"
+_IS_MEMBER = "SELECT 1 FROM memberships WHERE room_id = ? AND user_id = ?"
 
 
 _READ_PUBLIC = (  # a public room gets a read-state row on the fly
