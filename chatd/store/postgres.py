@@ -11,11 +11,13 @@ function on a connection of its own thread (db.ThreadConnection), and small read
 psycopg's blocking API fits that shape exactly and prepares repeated statements by itself.
 Write transactions take one advisory lock first, so writers are serialised across every
 process and box as SQLite serialises them (BEGIN IMMEDIATE): the message writer's group
-commit keeps that cheap, one lock per batch. A batch of messages is four round trips: BEGIN
-with the lock and the next id, the retry lookup, the room check, and the writes sent with the
-COMMIT in one pipeline (executemany inside a transaction waits for the next statement). It
-runs on the event loop's own connection, as SQLite's does: from a thread, each round trip
-would wait for the GIL the busy loop holds (docs/performance.md, "PostgreSQL").
+commit keeps that cheap, one lock per batch. A batch of messages is two round trips: BEGIN
+with the lock, the next id and the batch's reads (the retry lookup, the room checks: `ahead`),
+then the writes sent with the COMMIT in one pipeline (executemany inside a transaction waits
+for the next statement). It runs on the event loop's own connection, as SQLite's does: from a
+thread, each round trip would wait for the GIL the busy loop holds (docs/performance.md,
+"PostgreSQL"). Joins over arrays (the retry lookup) are planned at each call, never
+prepared (_prepare).
 
 Changes to credentials and rooms by other processes or commands (meta's auth_version and
 rooms_version) are heard through LISTEN/NOTIFY: `PRAGMA data_version`, SQLite's cheap probe,
