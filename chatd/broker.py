@@ -7,7 +7,7 @@ hub delivers each commit itself, today's behaviour and cost. With `--broker redi
 - the change log's events after each commit, as plain data (chatd.models.change_to_wire);
 - notices: presence (which users each process has sockets for, and how many), typing,
   rooms and memberships changed, read marks moved, credentials revoked, messages spent
-  against the rate limit.
+  against the rate limit (these ride on the next message sent: `carry`).
 
 The bus is never trusted for completeness: events carry their ids, and a process that
 sees a gap, or whose Redis connection drops and comes back, reads what it missed from the
@@ -78,6 +78,9 @@ class Broker:
     def __init__(self) -> None:
         self.node_id = secrets.token_hex(8)
         self.connected = True
+        # Fields to add to the next message this process sends, whatever it is (Peers: the
+        # messages spent against the rate limit since the last one).
+        self.carry: Callable[[], dict[str, Any]] | None = None
 
     @property
     def shared(self) -> bool:
@@ -207,6 +210,8 @@ class RedisBroker(Broker):
     def _queue(self, data: dict[str, Any]) -> None:
         if not self.connected and not self._closing:
             return  # the others resync from the database when we are back
+        if self.carry is not None:
+            data.update(self.carry())
         self._outbox.append(json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode())
         self._wake.set()
 
@@ -286,10 +291,12 @@ class RedisBroker(Broker):
             if origin == self.node_id:
                 return  # our own, delivered when we committed it
             changes = data.get("c")
-            if changes is not None:
-                node.remote_changes([change_from_wire(c) for c in changes])
-            else:
+            if changes is None:
                 node.remote_notice(str(origin), data)
+                return
+            if "spent" in data:  # carried (Broker.carry), taken before what follows it
+                node.remote_notice(str(origin), {"t": "spent", "spent": data["spent"]})
+            node.remote_changes([change_from_wire(c) for c in changes])
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
             log.warning("event=broker_bad_message error=%r", str(exc)[:200])
         except ChatdError as exc:  # the database closing at shutdown, or away for a moment

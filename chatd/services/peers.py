@@ -10,7 +10,9 @@ Each process sends (chatd.services.live.Live, through chatd.broker):
 - `room`: a room, its members or its archived state changed (read again from the database);
 - `marks`: a user's read mark or sidebar state moved (their cached marks are read again);
 - `auth`: credentials were revoked (the revocation sweep runs now, not at the next poll);
-- `spent`: messages sent per user in one turn of the event loop, taken from the local rate limits.
+- `spent`: messages let through the rate limit per user, taken from the local rate limits:
+  carried by the next message this process sends (the commit that stores them, as a rule),
+  or alone within SPENT_AT_MOST seconds.
 - `limit`: a sliding-window limit moved (sign-in attempts per account and per address, rooms
   created per member): the same step is taken on this process's window.
 
@@ -34,6 +36,7 @@ from chatd.store import Store
 log = logging.getLogger("chatd.peers")
 BEAT_SECONDS = 5.0
 DEAD_AFTER = 20.0  # the contract: offline within 30 s of the process dying
+SPENT_AT_MOST = 0.05  # seconds before spent messages go out alone, when nothing carried them
 
 
 class Peers:
@@ -46,6 +49,8 @@ class Peers:
         self.seen: dict[str, float] = {}  # process -> when it was last heard from
         self._last_beat = 0.0
         self._spent: dict[int, int] = {}
+        self._spent_due = False  # a lone `spent` notice is scheduled
+        self.broker.carry = self._carried
         self.windows: dict[str, Window] = {}  # limits counted across processes (share_windows)
 
     # -- out -----------------------------------------------------------------------------
@@ -68,16 +73,32 @@ class Peers:
         self.broker.notify({"t": "beat", "users": counts})
 
     def spend(self, user_id: int) -> None:
-        """A message this process let through the rate limit: the others take it off theirs,
-        told once per turn of the event loop (so before any notice this process sends later)."""
-        if not self._spent:
-            asyncio.get_running_loop().call_soon(self._send_spent)
+        """A message this process let through the rate limit: the others take it off theirs.
+        They are told with the next message this process sends, so before any later notice:
+        as a rule the commit storing the message (one Redis message fewer per batch), or alone
+        after SPENT_AT_MOST seconds (a post refused in its transaction)."""
         self._spent[user_id] = self._spent.get(user_id, 0) + 1
+        if not self._spent_due:
+            self._spent_due = True
+            asyncio.get_running_loop().call_later(SPENT_AT_MOST, self._send_spent)
+
+    def _carried(self) -> dict[str, Any]:
+        """What the broker adds to the next message it sends (RedisBroker.carry)."""
+        if not self._spent:
+            return {}
+        spent, self._spent = self._spent, {}
+        return {"spent": {str(k): v for k, v in spent.items()}}
 
     def _send_spent(self) -> None:
+        self._spent_due = False
         if self._spent:
-            spent, self._spent = self._spent, {}
-            self.broker.notify({"t": "spent", "s": {str(k): v for k, v in spent.items()}})
+            self.broker.notify({"t": "spent"})  # the counts ride on it (_carried)
+
+    def spent_elsewhere(self, message: dict[str, Any]) -> None:
+        """The `spent` counts any message of another process may carry (_carried)."""
+        spent = message.get("spent")
+        if spent:
+            self.on_spent({int(k): int(v) for k, v in dict(spent).items()})
 
     def tick(self) -> None:
         """Every poll (about a second): the beat when due, the dead processes,
@@ -96,6 +117,7 @@ class Peers:
     def notice(self, node: str, notice: dict[str, Any]) -> None:
         kind = notice.get("t")
         self.seen[node] = time.monotonic()
+        self.spent_elsewhere(notice)
         if kind == "conn":
             self._counts(node, {int(notice["u"]): (str(notice["name"]), int(notice["k"]))})
         elif kind == "beat":
@@ -116,7 +138,7 @@ class Peers:
         elif kind == "auth":
             self.live.credentials_changed_elsewhere()
         elif kind == "spent":
-            self.on_spent({int(k): int(v) for k, v in dict(notice["s"]).items()})
+            pass  # its counts were taken above
         elif kind == "limit":
             window = self.windows.get(str(notice["w"]))
             key = notice["k"]
