@@ -239,6 +239,38 @@ async def test_removal_on_one_process_ends_access_on_the_other(
     assert a.terminate() == 0 and b.terminate() == 0
 
 
+async def test_a_member_added_on_one_process_gets_what_another_delivered_before_it_heard(
+    db: Path | str, server_factory, redis_server: RedisServer,
+) -> None:
+    """Bob is added on A; before B hears of it, a message is posted on B (Redis holds A's
+    notice back: CLIENT PAUSE). B delivered it to the room's members then, not to Bob: when
+    the notice comes, his stream on B gets the room and that message, then what follows."""
+    import redis
+    assert run_cli("adduser", "root", "--admin", "--password-stdin", db=db, stdin=PASSWORD + "\n").returncode == 0
+    admin = run_cli("token", "root", db=db).stdout.strip()
+    bob = make_user(db, "bob")
+    a, b = pair(server_factory, redis_server, db)
+    auth = {"Authorization": f"Bearer {admin}"}
+    control = redis.Redis(port=redis_server.port)
+    async with ClientSession() as session:
+        assert (await session.post(f"{a.url}/api/v1/rooms", json={"slug": "secret", "private": True},
+                                   headers=auth)).status == 201
+        watcher = await stream(session, b, bob)
+        control.execute_command("CLIENT", "PAUSE", "30000", "WRITE")  # PUBLISH waits in Redis
+        try:
+            assert (await session.post(f"{a.url}/api/v1/rooms/secret/members", json={"username": "bob"},
+                                       headers=auth)).status == 200
+            missed = await post(session, b, admin, "posted on B before B heard of bob", room="secret")
+        finally:
+            control.execute_command("CLIENT", "UNPAUSE")
+        added = await next_json(watcher, "room_updated")
+        assert added["room"]["slug"] == "secret"
+        marker = await post(session, b, admin, "and after", room="secret")
+        assert await messages_until(watcher, {marker}) == [missed, marker]
+    control.close()
+    assert a.terminate() == 0 and b.terminate() == 0
+
+
 async def test_the_rate_limit_counts_a_users_messages_on_every_process(
     db: Path | str, server_factory, redis_server: RedisServer,
 ) -> None:

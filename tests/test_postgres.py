@@ -70,7 +70,7 @@ def test_a_second_server_without_a_broker_is_refused(pg_url: str, server_factory
 
 
 async def test_postgresql_going_away_gives_503_and_chatd_reconnects_by_itself(
-    postgres_of_its_own: PostgresServer, server_factory,
+    postgres_of_its_own: PostgresServer, server_factory, tmp_path: Path,
 ) -> None:
     pg = postgres_of_its_own
     url = pg.new_database()
@@ -98,8 +98,24 @@ async def test_postgresql_going_away_gives_503_and_chatd_reconnects_by_itself(
         after = (await resp.json())["message"]["id"]
         history = await (await session.get(f"{post}?limit=100", headers=auth)).json()
         assert [m["id"] for m in history["messages"]] == [*before, after], "every acknowledged message, once"
+        # The one-server lock ended with PostgreSQL's sessions; the server takes it again.
+        for _ in range(300):  # a minute at most, not a measure: the keeper looks every 2 s
+            if _server_lock_held(url):
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("the server never took its lock again after PostgreSQL restarted")
+        line = one_sentence(serve(url, cwd=tmp_path))
+        assert line.startswith("Error: Another chatd serve is already using the database"), line
     assert server.terminate() == 0
     assert "Traceback" not in server.stderr()
+
+
+def _server_lock_held(url: str) -> bool:
+    from chatd.store.postgres import SERVER_LOCK
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s",
+                            (SERVER_LOCK,)).fetchone()[0] > 0
 
 
 # -- chatd migrate-db ------------------------------------------------------------------------------

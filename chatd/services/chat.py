@@ -193,8 +193,9 @@ class Chat:
         user = await self.store.user_by_name(name)
         if user is None:
             raise NotFound(f"no user named {name}", field="username")
+        delivered = self.live.published  # every change committed after the membership comes later
         await self.store.add_member(room, user)
-        self.live.member_added(room, user.id)
+        self.live.member_added(room, user.id, after=delivered)
         log.info("event=member_added room=%s user=%s by=%s", room.slug, name, actor.username)
         return room
 

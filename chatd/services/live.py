@@ -133,12 +133,13 @@ class Live:
         self.hub.send_to(list(streams), event_frame({"type": "room_updated", "room": room.to_json(0)}))
         self._show(creator_id, room)
 
-    def member_added(self, room: Room, user_id: int, share: bool = True) -> None:
+    def member_added(self, room: Room, user_id: int, share: bool = True, after: int | None = None) -> None:
         """The user's open streams get the room's events from now on, without reconnecting,
-        and their tabs list it."""
+        and their tabs list it. `after`: the newest change delivered here before the
+        membership was written (the others replay what came after it: _missed_by_member)."""
         self.access.grant(room.id, user_id)
         if share:
-            self.share_room(room.id)
+            self.broker.notify({"t": "room", "r": room.id, "after": self.published if after is None else after})
         frame = event_frame({"type": "room_updated", "room": room.to_json(0)})
         self.hub.send_to(self._sockets(user_id, "stream"), frame)
         self._show(user_id, room)
@@ -330,12 +331,14 @@ class Live:
         if self.peers is not None:
             self.peers.spend(user_id)
 
-    def room_changed_elsewhere(self, room_id: int) -> None:
+    def room_changed_elsewhere(self, room_id: int, after: int | None = None) -> None:
         """Another process changed a room, its members or its archived state: read it again
-        and act on the difference, as that process did for its own sockets."""
-        self._sync_room(*self.store.reload_room_now(room_id))
+        and act on the difference, as that process did for its own sockets. `after`: for an
+        added member, the newest change that process had delivered before writing it."""
+        self._sync_room(*self.store.reload_room_now(room_id), after=after)
 
-    def _sync_room(self, before: Room | None, room: Room | None, members: set[int]) -> None:
+    def _sync_room(self, before: Room | None, room: Room | None, members: set[int],
+                   after: int | None = None) -> None:
         access = self.access
         if room is None:
             if before is not None:
@@ -358,10 +361,28 @@ class Live:
                 self.store.forget_user_marks(uid)
             for uid in members - had:
                 self.member_added(room, uid, share=False)
+                if after is not None:
+                    self._missed_by_member(room, uid, after)
             for uid in had - members:
                 self.member_removed(room, uid, share=False)
         if bool(room.archived) != (room.id in access.archived):
             self.room_archived(room, share=False)
+
+    def _missed_by_member(self, room: Room, user_id: int, after: int) -> None:
+        """A member added on another process: the room's changes this process delivered between
+        that membership's commit and hearing of it (a message posted here meanwhile) went to
+        everyone but them. Their streams here get those now, in order, after room_updated;
+        what is delivered from now on reaches them as it comes."""
+        streams = self._sockets(user_id, "stream")
+        upto = self.published
+        while streams and after < upto:
+            last, page = self.store.changes_between(after, upto, CATCH_UP_PAGE, room_id=room.id)
+            if not last:
+                return
+            after = last
+            for conn in streams:
+                for change in page:
+                    self.hub.send_to([conn], text_frame(self._change_payload(change, conn)))
 
     def marks_changed_elsewhere(self, user_id: int, room_id: int, op: str) -> None:
         """Another process moved a user's read mark or sidebar state: read theirs again, and

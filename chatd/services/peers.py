@@ -132,7 +132,8 @@ class Peers:
             if room is not None:
                 self.live.typing_here(int(notice["u"]), str(notice["name"]), room)
         elif kind == "room":
-            self.live.room_changed_elsewhere(int(notice["r"]))
+            after = notice.get("after")
+            self.live.room_changed_elsewhere(int(notice["r"]), None if after is None else int(after))
         elif kind == "marks":
             self.live.marks_changed_elsewhere(int(notice["u"]), int(notice["r"]), str(notice["op"]))
         elif kind == "auth":

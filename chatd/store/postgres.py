@@ -32,6 +32,7 @@ next statement outside a transaction.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import sqlite3
 import threading
@@ -60,6 +61,8 @@ CONNECT_TIMEOUT = 5
 _CONNECT_OPTIONS = {"connect_timeout": CONNECT_TIMEOUT, "keepalives": 1, "keepalives_idle": 10,
                     "keepalives_interval": 3, "keepalives_count": 3, "tcp_user_timeout": 15_000}
 RETRY_AFTER = 1.0  # seconds between attempts to reconnect
+KEEP_LOCK_SECONDS = 2.0  # how often the one-server lock is checked, and taken again after a restart
+log = logging.getLogger("chatd.store")
 UNSPACED_RE = f"[{UNSPACED_CLASS}]"  # a message with any of these is searched by substring too
 # PostgreSQL's text search parser reads tags, URLs, hosts, paths and numbers with dots out of
 # text as tokens of their own (and "<b>" not at all); SQLite's unicode61 sees words between any
@@ -640,15 +643,43 @@ SERVER_LOCK = 7_336_144
 def hold_server(url: str, shared: bool) -> Iterator[None]:
     """lock.hold_database for PostgreSQL: a session advisory lock on a connection of its own,
     held while the server runs (the server drops it when the connection ends, a killed
-    process's too). Processes joined by a broker share it; a server without one has it alone."""
+    process's too). Processes joined by a broker share it; a server without one has it alone.
+    A thread looks every KEEP_LOCK_SECONDS that it is still held: PostgreSQL restarting ends
+    the session, and the lock is taken again on the next connection."""
     conn = PgConnection(url)  # PgFault when PostgreSQL cannot be reached: the caller's sentence
+    take = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+    stop = threading.Event()
+    keeper = threading.Thread(target=_keep_lock, args=(conn, take, stop), name="chatd-pg-server-lock", daemon=True)
     try:
-        take = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
         if not conn.execute(f"SELECT {take}({SERVER_LOCK})").fetchone()[0]:
             if shared:
                 raise Conflict(f"a chatd serve without --broker is using the database {redacted(url)}; "
                                "stop it first, or give it the same --broker")
             raise Conflict(f"another chatd serve is already using the database {redacted(url)}; stop it first")
+        keeper.start()
         yield
     finally:
+        stop.set()
+        if keeper.is_alive():
+            keeper.join(5)
         conn.close()
+
+
+def _keep_lock(conn: PgConnection, take: str, stop: threading.Event) -> None:
+    # Advisory locks of one 32-bit key show in pg_locks with the key as objid.
+    held = ("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = ?"
+            " AND pid = pg_backend_pid() AND granted)")
+    lost = False
+    while not stop.wait(KEEP_LOCK_SECONDS):
+        try:
+            if conn.execute(held, (SERVER_LOCK,)).fetchone()[0]:
+                continue
+            if conn.execute(f"SELECT {take}({SERVER_LOCK})").fetchone()[0]:
+                log.warning("event=server_lock_taken_again reason=%r", "PostgreSQL's session ended (a restart)")
+                lost = False
+            elif not lost:
+                lost = True
+                log.error("event=server_lock_lost error=%r", "while PostgreSQL restarted, another chatd serve "
+                          "(not joined by the same --broker) took the database; stop one of them")
+        except (PgFault, sqlite3.Error):
+            continue  # PostgreSQL away: the next look connects again

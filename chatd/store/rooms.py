@@ -442,11 +442,13 @@ class RoomsStore(StoreBase):
 
         return await self._reader.run(op)
 
-    def changes_between(self, after: int, upto: int, limit: int) -> tuple[int, list[Change]]:
-        """The change log in (after, upto], every room, at most `limit` (inline: what another
-        process committed since this one's last delivery, a few rows). Returns the last id
-        read (0 when none) with them."""
-        return self._read(lambda conn: _changes_page(conn, after, upto, limit, "1 = 1", ()))
+    def changes_between(self, after: int, upto: int, limit: int,
+                        room_id: int | None = None) -> tuple[int, list[Change]]:
+        """The change log in (after, upto], every room's or one's, at most `limit` (inline:
+        what another process committed since this one's last delivery, a few rows). Returns
+        the last id read (0 when none) with them."""
+        where, args = ("c.room_id = ?3", (room_id,)) if room_id is not None else ("1 = 1", ())
+        return self._read(lambda conn: _changes_page(conn, after, upto, limit, where, args))
 
     def newest_id(self) -> int:
         """The highest id of the change log given out, deleted messages' included."""
