@@ -66,8 +66,26 @@ class Window:
 
     def hit(self, key: Hashable, now: float | None = None) -> None:
         self._hit(key, now)
+        self._shared("hit", key)
+
+    def forget_last(self, key: Hashable) -> None:
+        """Take back the newest event of this key (an attempt that turned out not to count)."""
+        self._forget_last(key)
+        self._shared("forget_last", key)
+
+    def clear(self, key: Hashable) -> None:
+        self._clear(key)
+        self._shared("clear", key)
+
+    def remote(self, op: str, key: Hashable) -> None:
+        """What another process's window did, done here too (not shared again)."""
+        step = {"hit": self._hit, "forget_last": self._forget_last, "clear": self._clear}.get(op)
+        if step is not None:
+            step(key)
+
+    def _shared(self, op: str, key: Hashable) -> None:
         if self.share is not None:
-            self.share("hit", key)
+            self.share(op, key)
 
     def _hit(self, key: Hashable, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -76,26 +94,10 @@ class Window:
             for k in [k for k, ev in self._events.items() if ev[-1] <= now - self.seconds]:
                 del self._events[k]
 
-    def forget_last(self, key: Hashable) -> None:
-        """Take back the newest event of this key (an attempt that turned out not to count)."""
+    def _forget_last(self, key: Hashable) -> None:
         events = self._events.get(key)
         if events:
             events.pop()
-        if self.share is not None:
-            self.share("forget_last", key)
 
-    def clear(self, key: Hashable) -> None:
+    def _clear(self, key: Hashable) -> None:
         self._events.pop(key, None)
-        if self.share is not None:
-            self.share("clear", key)
-
-    def remote(self, op: str, key: Hashable) -> None:
-        """What another process's window did, done here too (not shared again)."""
-        if op == "hit":
-            self._hit(key)
-        elif op == "forget_last":
-            events = self._events.get(key)
-            if events:
-                events.pop()
-        elif op == "clear":
-            self._events.pop(key, None)

@@ -308,7 +308,7 @@ class PgConnection:
             return special(self)
         known, self._next_id = self._next_id, None
         if known is not None and sql == NEXT_ID:
-            return _Row(known)  # nothing was written since it was read
+            return _Rows([(known,)])  # nothing was written since it was read
         if self._answers:
             rows = self._answers.pop((sql, _hashable(params)), None)
             if rows is not None:
@@ -466,13 +466,6 @@ class PgConnection:
         def op(conn: Any) -> Any:
             # With the change log's next id (changes.NEXT_ID), which a write transaction asks
             # first, and the reads queued ahead: all under the lock, in one round trip.
-            if not ahead:  # a query without parameters may hold several statements
-                cur = conn.execute(f"BEGIN; SELECT {take}({WRITE_LOCK}); {translate(NEXT_ID)[0]}".encode())
-                cur.nextset()  # past BEGIN's result, to the lock's
-                got = cur.fetchone()[0]
-                if cur.nextset():
-                    self._next_id = cur.fetchone()[0]
-                return got
             with conn.pipeline():
                 conn.execute("BEGIN")
                 lock = conn.execute(f"SELECT {take}({WRITE_LOCK})")
@@ -497,7 +490,7 @@ class PgConnection:
 
 
 class _Rows:
-    """A cursor over rows read ahead."""
+    """A cursor over rows already at hand (read ahead, or answered without SQL)."""
 
     def __init__(self, rows: list[tuple]) -> None:
         self._rows = rows
@@ -516,22 +509,12 @@ def _hashable(params: Any) -> Any:
     return tuple(tuple(p) if isinstance(p, list) else p for p in params)
 
 
-class _Row:
-    """A cursor of one row, for the statements PostgreSQL answers without SQL."""
-
-    def __init__(self, *values: Any) -> None:
-        self._values = values
-
-    def fetchone(self) -> tuple:
-        return self._values
-
-
 _SPECIAL = {
     "BEGIN IMMEDIATE": lambda conn: conn._begin_write(),
     "ROLLBACK": lambda conn: conn.rollback(),  # queued writes are dropped, never sent
     # SQLite's probe for commits by other connections: here, a count of the notifications
     # that meta's versions moved (the meta_changed trigger), read without a round trip.
-    "PRAGMA data_version": lambda conn: _Row(conn.meta_changes()),
+    "PRAGMA data_version": lambda conn: _Rows([(conn.meta_changes(),)]),
 }
 
 
@@ -681,5 +664,5 @@ def _keep_lock(conn: PgConnection, take: str, stop: threading.Event) -> None:
                 lost = True
                 log.error("event=server_lock_lost error=%r", "while PostgreSQL restarted, another chatd serve "
                           "(not joined by the same --broker) took the database; stop one of them")
-        except (PgFault, sqlite3.Error):
+        except sqlite3.Error:  # PgFault among them
             continue  # PostgreSQL away: the next look connects again

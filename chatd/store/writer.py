@@ -340,8 +340,8 @@ def _retry_lookup(conn: sqlite3.Connection, batch: list[Pending]) -> tuple[str, 
     if not keys:
         return None
     if getattr(conn, "dialect", "sqlite") == "postgresql":
-        # Arrays, not a VALUES list: the same text for any batch, so PostgreSQL plans it once
-        # (planning the join costs more than running it).
+        # Arrays, not a VALUES list: one statement for any batch size (PgConnection plans a
+        # join over arrays at each call, with the batch's arrays and the table as it is now).
         source = "unnest(?::bigint[], ?::text[], ?::bigint[], ?::text[]) AS k(column1, column2, column3, column4)"
         params: list[object] = [list(column) for column in zip(*keys, strict=True)]
     else:
@@ -383,11 +383,8 @@ def _read_ahead(conn: sqlite3.Connection, posts: list[Pending], lookup: tuple[st
         return
     if lookup is not None:
         ahead(*lookup)
-    rooms: dict[int, Room] = {}
-    for item in posts:
-        if item.room.id not in rooms:
-            rooms[item.room.id] = item.room
-            ahead(_ROOM_STATE, (item.room.id,))
+    for room_id in dict.fromkeys(i.room.id for i in posts):  # each room once, in order
+        ahead(_ROOM_STATE, (room_id,))
     for room_id, author_id in {(i.room.id, i.author.id) for i in posts if i.room.kind != "public"}:
         ahead(_IS_MEMBER, (room_id, author_id))
 
