@@ -43,6 +43,14 @@ def render_metrics(app: web.Application) -> str:
         " taken (a chatd command writing) and waited for it off the event loop.",
         "# TYPE chatd_message_batches_deferred_total counter",
         f"chatd_message_batches_deferred_total {writer.deferred if writer else 0}",
+        "# HELP chatd_message_batches_guessed_total On PostgreSQL, message batches written in one round"
+        " trip, their reads guessed from this process's own commits and checked under the lock.",
+        "# TYPE chatd_message_batches_guessed_total counter",
+        f"chatd_message_batches_guessed_total {writer.guessed if writer else 0}",
+        "# HELP chatd_message_batches_read_again_total On PostgreSQL, guessed batches whose check found"
+        " the database otherwise (another writer, a retry, a room changed) and that read it again.",
+        "# TYPE chatd_message_batches_read_again_total counter",
+        f"chatd_message_batches_read_again_total {writer.read_again if writer else 0}",
         "# HELP chatd_messages_waiting Messages received and not yet committed (queued, or in the batch"
         " being written; a slow disk or a chatd command holding SQLite's write lock makes them wait).",
         "# TYPE chatd_messages_waiting gauge",

@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from chatd.errors import Conflict, SchemaTooNew
@@ -51,6 +51,7 @@ try:  # the "scale" extra
 except ImportError:  # pragma: no cover - reported by connect()
     psycopg = None  # type: ignore[assignment]
 
+T = TypeVar("T")
 SCHEMES = ("postgresql://", "postgres://")
 # Advisory lock keys (arbitrary, chatd's own): one writer at a time, one migrating process.
 WRITE_LOCK = 7_336_142
@@ -91,6 +92,19 @@ class PgBusy(sqlite3.OperationalError):
     """The write lock is taken and this connection does not wait (never_wait): SQLite's BUSY."""
 
     sqlite_errorcode = sqlite3.SQLITE_BUSY
+
+
+class NotAhead(Exception):
+    """A statement in a transaction run by write_ahead that was not sent ahead with its BEGIN:
+    the transaction is rolled back, and the caller writes it the other way."""
+
+
+class Stale(NotAhead):
+    """A read guessed with expect() was found otherwise under the write lock: nothing was
+    written, and the caller writes the batch the other way."""
+
+
+STALE = "CHD01"  # chatd_expect's SQLSTATE (migration 2)
 
 
 class PgFault(sqlite3.OperationalError):
@@ -200,6 +214,16 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER meta_changed AFTER UPDATE ON meta FOR EACH ROW
         WHEN (NEW.key IN ('auth_version', 'rooms_version')) EXECUTE FUNCTION chatd_meta_changed();
     """,
+    # 2: the check that a read the message writer guessed is still so (PgConnection.expect).
+    """
+    CREATE FUNCTION chatd_expect(ok boolean) RETURNS boolean LANGUAGE plpgsql AS $$
+        BEGIN
+            IF ok IS NOT TRUE THEN
+                RAISE EXCEPTION 'a read guessed ahead is no longer so' USING ERRCODE = 'CHD01';
+            END IF;
+            RETURN true;
+        END $$;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -258,10 +282,14 @@ class PgConnection:
         self._queued: list[Callable[[Any], Any]] = []  # executemany's, inside a transaction
         self._next_id: int | None = None  # read with the write lock (_begin_write)
         self._ahead: list[tuple[str, Any]] = []  # reads to send with the next BEGIN IMMEDIATE (ahead)
+        self._expected: list[tuple[str, Any, list[tuple]]] = []  # reads guessed, checked with it (expect)
         self._answers: dict[tuple[str, Any], list[tuple]] = {}  # their rows, until the transaction writes
         self._listening = False
         self._meta_changes = 0
         self._conn: Any = None
+        self._idle: list[Any] = []  # write_ahead's asynchronous connections, opened as needed
+        self._deferring = False  # in write_ahead's function: every statement answered or queued
+        self._commit_asked = False
         self._retry_at = 0.0
         self._connect()
 
@@ -300,9 +328,13 @@ class PgConnection:
 
     @property
     def in_transaction(self) -> bool:
+        if self._deferring:
+            return True
         return self._conn is not None and self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
 
     def execute(self, sql: str, params: Any = ()) -> Any:
+        if self._deferring:
+            return self._answered(sql, params)
         special = _SPECIAL.get(sql)
         if special is not None:
             return special(self)
@@ -310,7 +342,7 @@ class PgConnection:
         if known is not None and sql == NEXT_ID:
             return _Rows([(known,)])  # nothing was written since it was read
         if self._answers:
-            rows = self._answers.pop((sql, _hashable(params)), None)
+            rows = self._answers.get((sql, _hashable(params)))
             if rows is not None:
                 return _Rows(rows)
             if not sql.startswith("SELECT"):
@@ -325,6 +357,18 @@ class PgConnection:
         asked, until the transaction first writes (the message writer's retry lookup and
         room checks: a batch is then two round trips, not four)."""
         self._ahead.append((sql, params))
+
+    def expect(self, sql: str, params: Any, rows: list[tuple]) -> None:
+        """A read write_ahead's next transaction will make, whose rows the caller knows
+        already (the message writer: what its own last commits left): answered with them,
+        and checked under the write lock in the same round trip as the writes. If the
+        database says otherwise, the transaction fails with Stale before it writes. Values
+        are integers, None and plain words (compared as PostgreSQL prints a row)."""
+        for row in rows:
+            for value in row:
+                if not (value is None or isinstance(value, int) or (isinstance(value, str) and value.isalnum())):
+                    raise ValueError(f"cannot expect {value!r}")
+        self._expected.append((sql, params, rows))
 
     def executemany(self, sql: str, rows: Any) -> None:
         """Inside a transaction, queued and sent with the next statement (the COMMIT, for the
@@ -377,9 +421,10 @@ class PgConnection:
     def _column_types(self, table: str) -> dict[str, str]:
         known = _COLUMN_TYPES.get(table)
         if known is None:
-            known = _COLUMN_TYPES[table] = dict(self.execute(
+            # On the synchronous connection, in a transaction or not: the catalog, not the store.
+            known = _COLUMN_TYPES[table] = dict(self._run(lambda c: c.execute(
                 "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute"
-                " WHERE attrelid = CAST(? AS regclass) AND attnum > 0 AND NOT attisdropped", (table,)).fetchall())
+                " WHERE attrelid = CAST(%s AS regclass) AND attnum > 0 AND NOT attisdropped", (table,)).fetchall()))
         return known
 
     def copy_rows(self, table: str, columns: tuple[str, ...], rows: Any) -> int:
@@ -437,6 +482,8 @@ class PgConnection:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        while self._idle:  # closed without awaiting: nothing is in flight at close
+            self._idle.pop().pgconn.finish()
 
     def _drop(self) -> None:
         with contextlib.suppress(Exception):  # it is broken already
@@ -456,6 +503,128 @@ class PgConnection:
             raise PgFault(_first_line(exc)) from None
         except psycopg.Error as exc:
             raise sqlite3.DatabaseError(_first_line(exc)) from None
+
+    # -- a write transaction awaited on the event loop --
+
+    async def write_ahead(self, fn: Callable[..., T], *args: Any, written: Callable[[T], None] | None = None) -> T:
+        """fn(self, *args), a write transaction whose reads were all sent ahead (ahead) or
+        guessed (expect), with its round trips awaited instead of waited for, on an
+        asynchronous connection of this one's own: the BEGIN with the write lock, the next id
+        and the reads sent ahead, if any; then the queued writes with the COMMIT (with the
+        BEGIN and the checks of the guesses, when every read was guessed: one round trip).
+        fn itself runs between them without I/O, and `written(its result)` right after it,
+        before the COMMIT is sent. Meanwhile the event loop goes on (the message writer:
+        reading the next posts while PostgreSQL writes these), and waiting for the lock holds
+        nobody else. Calls may overlap, each on a connection of its own: the lock orders
+        their transactions. A statement fn makes that was neither sent ahead nor guessed
+        raises NotAhead, a guess found otherwise Stale; nothing is written then."""
+        ahead, self._ahead = self._ahead, []
+        expected, self._expected = self._expected, []
+        answers = {(sql, _hashable(params)): rows for sql, params, rows in expected}
+        aconn = await self._async_connection()
+        begun, next_id = False, None
+        try:
+            if ahead or (NEXT_ID, ()) not in answers:  # reads to make: a round trip first
+                async with aconn.pipeline():
+                    await self._begin_async(aconn, expected)
+                    first = await aconn.execute(translate(NEXT_ID)[0])
+                    reads = [await aconn.execute(text, _ordered(params, order), prepare=_prepare(text))
+                             for text, order, params in ((*translate(sql), params) for sql, params in ahead)]
+                begun = True
+                next_id = (await first.fetchone())[0]
+                for (sql, params), cur in zip(ahead, reads, strict=True):
+                    answers[(sql, _hashable(params))] = await cur.fetchall()
+            self._next_id, self._answers = next_id, answers
+            self._deferring, self._commit_asked = True, False
+            try:
+                result = fn(self, *args)
+            finally:
+                self._deferring = False
+                queued, self._queued, self._next_id, self._answers = self._queued, [], None, {}
+            if not self._commit_asked:
+                raise RuntimeError("write_ahead's function ended without COMMIT")
+            if written is not None:
+                written(result)
+            async with aconn.pipeline():
+                if not begun:  # every read guessed: BEGIN, checks, writes and COMMIT at once
+                    await self._begin_async(aconn, expected)
+                for op in queued:
+                    done = op(aconn)
+                    if done is not None and hasattr(done, "__await__"):
+                        await done
+                await aconn.execute("COMMIT")
+            return result
+        except BaseException as exc:
+            await self._async_rollback(aconn)
+            if isinstance(exc, psycopg.Error):
+                if exc.sqlstate == STALE:
+                    raise Stale(_first_line(exc)) from None
+                raise self._fault(exc) from None
+            raise
+        finally:
+            if not aconn.closed and aconn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                self._idle.append(aconn)
+            else:
+                aconn.pgconn.finish()  # broken: another is opened next time
+
+    async def _async_connection(self) -> Any:
+        while self._idle:
+            aconn = self._idle.pop()
+            if not aconn.closed:
+                return aconn
+        if time.monotonic() < self._retry_at:
+            raise PgFault("the PostgreSQL server is not answering")
+        try:
+            return await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, application_name="chatd", **_CONNECT_OPTIONS)
+        except psycopg.Error as exc:
+            self._retry_at = time.monotonic() + RETRY_AFTER
+            raise PgFault(_first_line(exc)) from None
+
+    @staticmethod
+    async def _async_rollback(aconn: Any) -> None:
+        if aconn.closed or aconn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            return
+        with contextlib.suppress(psycopg.Error):  # broken: write_ahead drops it
+            await aconn.execute("ROLLBACK")
+
+    @staticmethod
+    def _fault(exc: BaseException) -> sqlite3.Error:
+        """A psycopg error as the store knows it (as _run maps them)."""
+        if isinstance(exc, psycopg.errors.IntegrityError):
+            return sqlite3.IntegrityError(_first_line(exc))
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return PgFault(_first_line(exc))
+        return sqlite3.DatabaseError(_first_line(exc))
+
+    @staticmethod
+    async def _begin_async(aconn: Any, expected: list[tuple[str, Any, list[tuple]]]) -> None:
+        """BEGIN, the write lock, and the checks of the reads guessed (expect), in a pipeline."""
+        await aconn.execute("BEGIN")
+        await aconn.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+        for sql, params, rows in expected:
+            text, order = translate(sql)
+            printed = ["(" + ",".join("" if v is None else str(v) for v in row) + ")" for row in rows]
+            await aconn.execute(f"SELECT chatd_expect(ARRAY(SELECT t::text FROM ({text}) t) = %s::text[])",
+                                [*_ordered(params, order), printed], prepare=_prepare(text))
+
+    def _answered(self, sql: str, params: Any) -> Any:
+        """A statement in write_ahead's function: answered from what came with the BEGIN."""
+        if sql == "BEGIN IMMEDIATE":
+            return _Rows([])  # begun already, with the lock
+        if sql == "COMMIT":
+            self._commit_asked = True  # sent after the function, with the queued writes
+            return _Rows([])
+        if sql == "ROLLBACK":
+            self._queued = []  # write_ahead rolls back as the function's error passes
+            return _Rows([])
+        known, self._next_id = self._next_id, None
+        if known is not None and sql == NEXT_ID:
+            return _Rows([(known,)])
+        rows = self._answers.get((sql, _hashable(params)))
+        if rows is None:
+            raise NotAhead(sql)
+        return _Rows(rows)
 
     # -- statements said otherwise on PostgreSQL --
 

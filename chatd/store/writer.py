@@ -41,11 +41,13 @@ from chatd.models import Change, Message, Room, User
 from chatd.store import changes
 from chatd.store.changes import ChangeRequest, ChangeResult
 from chatd.store.db import ThreadConnection, storage_error, transaction
+from chatd.store.postgres import NotAhead, PgConnection, Stale
 from chatd.store.rows import _message
 
 log = logging.getLogger("chatd.store")
 MAX_BATCH = 512
 CHECKPOINT_EVERY = 200  # inline commits between WAL checkpoints (a few MB of log)
+IN_FLIGHT = 2  # on PostgreSQL: batches being written at once (_write_ahead)
 
 OnCommit = Callable[[list[Change]], None]
 OnLatency = Callable[[float], None]
@@ -92,7 +94,16 @@ class MessageWriter:
         self._since_checkpoint = 0
         self._copying: asyncio.Task[None] | None = None  # the first checkpoint pass, if running
         self.deferred = 0  # batches that found the write lock taken and waited on the thread
-        self.writing = 0  # posts in the batch being written now
+        self.guessed = 0  # on PostgreSQL, batches whose reads were guessed (_write_ahead)
+        self.read_again = 0  # and of those, the ones whose guesses were found wrong
+        self._known: _Known | None = None  # on PostgreSQL: what this writer's commits left (_write_ahead)
+        self._started = 0  # batches begun by _write_ahead
+        # Done once the newest batch begun has made its writes (or failed): the next may guess.
+        self._ready: asyncio.Future[None] = self._loop.create_future()
+        self._ready.set_result(None)
+        self._known_through = 0  # the last of them _known includes
+        self.writing = 0  # posts in the batches being written now
+        self._in_flight: list[asyncio.Task[None]] = []  # on PostgreSQL, batches overlap (_write_ahead)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="chatd-message-writer")
@@ -138,7 +149,14 @@ class MessageWriter:
                 await self._gather()
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                await self._write(batch)
+                if not hasattr(self._inline, "write_ahead"):
+                    await self._write(batch)
+                    continue
+                self._in_flight = [task for task in self._in_flight if not task.done()]
+                if len(self._in_flight) >= IN_FLIGHT:
+                    await asyncio.wait([self._in_flight[0]])
+                previous = self._in_flight[-1] if self._in_flight else None
+                self._in_flight.append(asyncio.create_task(self._write(batch, previous), name="chatd-batch"))
             if self._copying is not None and (self._copying.done() or self._closing):
                 await self._copying
                 self._copying = None
@@ -148,6 +166,8 @@ class MessageWriter:
                 self._copying = asyncio.create_task(self._checkpoint(), name="chatd-checkpoint")
                 self._copying.add_done_callback(lambda _: self._wake.set())
             if self._closing:
+                if self._in_flight:
+                    await asyncio.wait(self._in_flight)
                 return
 
     async def _gather(self) -> None:
@@ -166,7 +186,9 @@ class MessageWriter:
         """Posts not yet committed: queued, and in the batch being written."""
         return len(self._pending) + self.writing
 
-    async def _write(self, batch: list[Item]) -> None:
+    async def _write(self, batch: list[Item], previous: asyncio.Task[None] | None = None) -> None:
+        """Write one batch, then publish it and answer its posts, after the batch before it
+        (`previous`, on PostgreSQL, where two overlap: ids and answers stay in queue order)."""
         for item in batch:
             if not item.allowed() and not item.future.done():
                 item.future.set_exception(NotFound(
@@ -175,11 +197,13 @@ class MessageWriter:
         if not batch:
             return
         started = time.perf_counter()
-        self.writing = len(batch)
+        self.writing += len(batch)
         seqs: dict[int, int] = {}  # new message id -> its position in its room
         try:
-            results = await self._insert(batch, seqs)
+            results = await self._insert(batch, seqs, previous)
         except sqlite3.Error as exc:
+            self._known = None
+            await _finished(previous)
             error: ChatdError = storage_error(exc) or StorageUnavailable(
                 "the server could not store the message"
             )
@@ -189,7 +213,8 @@ class MessageWriter:
                     item.future.set_exception(error)
             return
         finally:
-            self.writing = 0
+            self.writing -= len(batch)
+        await _finished(previous)
         self._on_latency(time.perf_counter() - started)
         log_: list[Change] = []
         for result in results:
@@ -213,8 +238,26 @@ class MessageWriter:
             else:
                 item.future.set_result(result)
 
-    async def _insert(self, batch: list[Item], seqs: dict[int, int]) -> list[Result | ChangeResult]:
-        """Inline when the write lock is free; otherwise wait for it on the writer thread."""
+    async def _insert(self, batch: list[Item], seqs: dict[int, int],
+                      previous: asyncio.Task[None] | None) -> list[Result | ChangeResult]:
+        """Inline when the write lock is free; otherwise wait for it on the writer thread. On
+        PostgreSQL a batch of posts is awaited on the loop instead (_write_ahead)."""
+        if self._inline is not None and hasattr(self._inline, "write_ahead"):
+            self._started += 1
+            ready, before = self._loop.create_future(), self._ready
+            self._ready = ready
+            try:
+                if not any(isinstance(item, ChangeRequest) for item in batch):
+                    return await self._write_ahead(self._inline, batch, seqs, previous,  # type: ignore[arg-type]
+                                                   self._started, before, ready)
+                await _finished(previous)  # changes read as they go: after every batch before
+                self._known = None  # and they take ids too: read again
+            finally:
+                if not ready.done():
+                    ready.set_result(None)
+        return await self._insert_usual(batch, seqs)
+
+    async def _insert_usual(self, batch: list[Item], seqs: dict[int, int]) -> list[Result | ChangeResult]:
         if self._inline is not None:
             try:
                 results = _insert_batch(self._inline, batch, seqs)
@@ -228,6 +271,56 @@ class MessageWriter:
                 return results
         return await self._conn.run(_insert_batch, batch, seqs)
 
+    async def _write_ahead(
+        self, conn: PgConnection, batch: list[Item], seqs: dict[int, int], previous: asyncio.Task[None] | None,
+        number: int, before: asyncio.Future[None], ready: asyncio.Future[None],
+    ) -> list[Result | ChangeResult]:
+        """A batch of posts on PostgreSQL, its round trips awaited while the loop reads and
+        renders the next posts (PgConnection.write_ahead).
+
+        While nobody else writes messages, its reads are what this writer's own commits
+        left (_Known): guessed, and checked under the lock with the writes, in one round
+        trip; and it may go while the batch before is still being written, as its guesses
+        include that batch (they hold only once that batch is in, so ids keep their order).
+        Otherwise, or once a guess was found wrong, it waits for the batches before and
+        reads with the BEGIN (_read_ahead): two round trips."""
+        posts: list[Pending] = batch  # type: ignore[assignment]  # no changes (the caller)
+        lookup = _retry_lookup(conn, posts)  # type: ignore[arg-type]
+        if not before.done():  # the batch before has not made its writes yet: what will it leave?
+            await before
+        known = self._known_after(number - 1)
+        guessed = known is not None and known.guess(conn, posts, lookup)
+        self.guessed += guessed
+
+        def written(results: list[Result | ChangeResult]) -> None:  # in queue order (`before`)
+            self._known, self._known_through = _Known.after(known, guessed, posts, results, seqs), number
+            if not ready.done():
+                ready.set_result(None)
+
+        try:
+            if not guessed:
+                await _finished(previous)
+                known = self._known_after(number - 1)
+                _read_ahead(conn, posts, lookup)  # type: ignore[arg-type]
+            try:
+                return await conn.write_ahead(_write_batch, batch, posts, lookup, seqs, written=written)
+            except Stale as exc:  # a guess found otherwise under the lock: nothing written
+                log.debug("event=batch_read_again reason=%r", str(exc))
+                self.read_again += 1
+                self._known = None  # and a later batch's guesses from this one fail too
+                await _finished(previous)
+                guessed, known = False, None
+                _read_ahead(conn, posts, lookup)  # type: ignore[arg-type]
+                return await conn.write_ahead(_write_batch, batch, posts, lookup, seqs, written=written)
+        except NotAhead:  # a read this writer did not foresee: inline, the usual way
+            self._known = None
+            await _finished(previous)
+            return await self._insert_usual(batch, seqs)
+
+    def _known_after(self, number: int) -> _Known | None:
+        """What is known once batch `number` is in, if that is what _known holds."""
+        return self._known if self._known_through == number else None
+
     async def _checkpoint(self) -> None:
         """Copy the log into the database file, on the writer thread: the first pass as its
         own task while commits go on, the second awaited by the writer task while posts
@@ -238,17 +331,77 @@ class MessageWriter:
             log.warning("event=checkpoint_failed error=%r", str(exc))
 
 
+@dataclass(slots=True)
+class _Known:
+    """What the message writer's own commits left in the database: the next id, and each
+    room it posted in (message count, kind, not archived) with the authors who may post
+    there. Trusted once a batch that read found the next id where this predicted it, so
+    nobody else is writing messages; then a batch whose reads it all answers guesses them
+    (PgConnection.expect), and a check that fails under the lock drops it."""
+
+    next_id: int
+    rooms: dict[int, tuple[int, str]]
+    members: set[tuple[int, int]]
+    trusted: bool = False
+
+    def guess(self, conn: PgConnection, posts: list[Pending], lookup: tuple[str, list[object]] | None) -> bool:
+        rooms = {i.room.id for i in posts}
+        if not self.trusted or not rooms <= self.rooms.keys() or any(
+                i.room.kind != "public" and (i.room.id, i.author.id) not in self.members for i in posts):
+            return False
+        conn.expect(changes.NEXT_ID, (), [(self.next_id,)])
+        if lookup is not None:
+            conn.expect(*lookup, [])  # a retry is rare: then the check fails and the batch reads
+        for room_id in rooms:
+            count, kind = self.rooms[room_id]
+            conn.expect(_ROOM_STATE, (room_id,), [(count, kind, None)])
+        for room_id, author_id in {(i.room.id, i.author.id) for i in posts if i.room.kind != "public"}:
+            conn.expect(_IS_MEMBER, (room_id, author_id), [(1,)])
+        return True
+
+    @staticmethod
+    def after(known: _Known | None, guessed: bool, posts: list[Pending], results: list[Result | ChangeResult],
+              seqs: dict[int, int]) -> _Known | None:
+        """What is known after a batch: a guessed batch's checks held; a batch that read is
+        trusted if its first new id is the one `known` predicted."""
+        created = [r[0] for r in results if not isinstance(r, ChatdError) and r[1] and isinstance(r[0], Message)]
+        if not created:  # the next id as it was: a later batch's guess could hold before this is in
+            return None
+        if not guessed:
+            same = known is not None and created[0].id == known.next_id
+            known = _Known(0, known.rooms if same else {}, known.members if same else set(), same)  # type: ignore[union-attr]
+        assert known is not None
+        kinds = {p.room.id: p.room.kind for p in posts}
+        for m in created:
+            known.rooms[m.room_id] = (seqs[m.id], kinds[m.room_id])
+            if kinds[m.room_id] != "public":
+                known.members.add((m.room_id, m.author_id))
+        known.next_id = created[-1].id + 1
+        return known
+
+
+async def _finished(task: asyncio.Task[None] | None) -> None:
+    if task is not None and not task.done():
+        await asyncio.wait([task])
+
+
 def _checkpoint(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _insert_batch(conn: sqlite3.Connection, batch: list[Item], seqs: dict[int, int]) -> list[Result | ChangeResult]:
     """Write one batch in one transaction; `seqs` gets each new message's position in its room."""
-    seqs.clear()  # an inline attempt that found the lock taken may have begun it
-    results: list[Result | ChangeResult] = []
     posts = [item for item in batch if isinstance(item, Pending)]
     lookup = _retry_lookup(conn, posts)
     _read_ahead(conn, posts, lookup)
+    return _write_batch(conn, batch, posts, lookup, seqs)
+
+
+def _write_batch(conn: sqlite3.Connection, batch: list[Item], posts: list[Pending],
+                 lookup: tuple[str, list[object]] | None, seqs: dict[int, int]) -> list[Result | ChangeResult]:
+    """_insert_batch's transaction, its reads already asked for (_read_ahead)."""
+    seqs.clear()  # an inline attempt that found the lock taken may have begun it
+    results: list[Result | ChangeResult] = []
     with transaction(conn):
         next_id = changes.next_id(conn)
         rows: list[tuple[object, ...]] = []
