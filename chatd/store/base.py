@@ -129,8 +129,9 @@ class StoreBase(Mirror):
         await self._reader.open()
         self._inline = await asyncio.to_thread(connect_sync, self.path, self.sync)
         if self.postgres:
-            # Message batches run inline too: from the writer thread, each of a batch's round
-            # trips would wait for the GIL the busy loop holds, up to its switch interval
+            # Message batches run on the loop too (posts awaited, PgConnection.write_ahead, on
+            # connections it opens; changes inline): from the writer thread, each of a batch's
+            # round trips would wait for the GIL the busy loop holds, up to its switch interval
             # (docs/performance.md, "PostgreSQL").
             self._inline_writer = await asyncio.to_thread(connect_sync, self.path, self.sync)
             self._inline_writer.never_wait = True  # type: ignore[attr-defined]

@@ -11,13 +11,19 @@ function on a connection of its own thread (db.ThreadConnection), and small read
 psycopg's blocking API fits that shape exactly and prepares repeated statements by itself.
 Write transactions take one advisory lock first, so writers are serialised across every
 process and box as SQLite serialises them (BEGIN IMMEDIATE): the message writer's group
-commit keeps that cheap, one lock per batch. A batch of messages is two round trips: BEGIN
-with the lock, the next id and the batch's reads (the retry lookup, the room checks: `ahead`),
-then the writes sent with the COMMIT in one pipeline (executemany inside a transaction waits
-for the next statement). It runs on the event loop's own connection, as SQLite's does: from a
-thread, each round trip would wait for the GIL the busy loop holds (docs/performance.md,
-"PostgreSQL"). Joins over arrays (the retry lookup) are planned at each call, never
-prepared (_prepare).
+commit keeps that cheap, one lock per batch.
+
+A batch of posts is the one transaction whose round trips are awaited, not waited for
+(write_ahead), on psycopg's asyncio connections: the same function as on SQLite runs
+between them without I/O, its reads answered from what came with the BEGIN, its writes
+queued and sent with the COMMIT in one pipeline. Its reads are either sent with the BEGIN,
+under the lock (`ahead`: the next id, the retry lookup, the room checks; two round trips),
+or, while this process is the only one writing messages, guessed by the message writer from
+its own commits and checked under the lock in the same pipeline as the writes (`expect`,
+chatd_expect of migration 2; one round trip). A wrong guess fails the transaction before it
+writes (Stale), and the batch reads instead. Meanwhile the event loop reads and renders the
+next posts (docs/performance.md, "PostgreSQL"). Joins over arrays (the retry lookup) are
+planned at each call, never prepared (_prepare).
 
 Changes to credentials and rooms by other processes or commands (meta's auth_version and
 rooms_version) are heard through LISTEN/NOTIFY: `PRAGMA data_version`, SQLite's cheap probe,

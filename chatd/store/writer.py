@@ -25,6 +25,13 @@ every commit to the writer thread would avoid that, but a thread hop per batch c
 about 40% of the posts a core can store on the machines chatd is measured on
 (docs/performance.md, "Where commits run"). With synchronous=FULL, where every batch is
 on the writer thread anyway, a stalled disk holds the posts and nothing else.
+
+On PostgreSQL a batch of posts is awaited on the loop instead (_write_ahead and
+PgConnection.write_ahead): the loop reads the next posts while PostgreSQL writes, and two
+batches may be in flight, the second guessing what the first leaves (_Known) and checked
+under the write lock, so ids, answers and publication keep the order posts were queued in.
+Batches with changes to messages read as they go, so they are written as on SQLite, after
+every batch before them.
 """
 
 from __future__ import annotations
