@@ -13,6 +13,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import aiohttp
 import psycopg
 import pytest
 from aiohttp import ClientSession
@@ -367,5 +368,32 @@ async def test_what_the_writer_guesses_gives_way_to_what_changed(pg_url: str, se
     # Each of the three was found by a guessed batch's check, which then read again.
     assert int(metrics["chatd_message_batches_read_again_total"]) == 3, metrics
     assert int(metrics["chatd_message_batches_guessed_total"]) >= 6, metrics
+    assert server.terminate() == 0
+    assert "Traceback" not in server.stderr()
+
+
+async def test_batches_in_flight_together_keep_ids_answers_and_deliveries_in_order(
+    pg_url: str, server_factory,
+) -> None:
+    """Two batches of posts may be written at once on PostgreSQL (store/writer.py): every
+    post is answered once, with its own message, and a stream gets each message once, in id
+    order, with nothing missing from the history."""
+    from test_cluster import messages_until, post, stream
+    alice, bob = make_user(pg_url, "alice"), make_user(pg_url, "bob")
+    server = server_factory(*QUIET, db=pg_url, env=FLOOD_ENV).start()
+    async with ClientSession(connector=aiohttp.TCPConnector(limit=32)) as session:
+        watcher = await stream(session, server, bob)
+        ids = await asyncio.gather(*(post(session, server, alice, f"together {i}") for i in range(400)))
+        assert len(set(ids)) == 400
+        seen = await messages_until(watcher, set(ids))
+        assert seen == sorted(ids), "each once, in id order"
+        history = await (await session.get(f"{server.url}/api/v1/rooms/general/messages?limit=200&after={min(ids) - 1}",
+                                           headers={"Authorization": f"Bearer {alice}"})).json()
+        assert [m["id"] for m in history["messages"]] == sorted(ids)[:200]
+        bodies = {m["id"]: m["body"] for m in history["messages"]}
+        assert all(bodies[i] == f"together {n}" for n, i in enumerate(ids) if i in bodies), "each its own answer"
+        metrics = await (await session.get(f"{server.url}/metrics")).text()
+    guessed = next(line for line in metrics.splitlines() if line.startswith("chatd_message_batches_guessed_total"))
+    assert int(guessed.split()[1]) > 0, "batches were guessed (and so could overlap)"
     assert server.terminate() == 0
     assert "Traceback" not in server.stderr()

@@ -202,16 +202,17 @@ class MessageWriter:
                     "you can no longer post in this room" if isinstance(item, Pending) else "no such message"))
         batch = [item for item in batch if not item.future.done()]  # a caller may also have gone
         if not batch:
+            await _finished(previous)  # the next batch waits for this one: so for the one before
             return
         started = time.perf_counter()
         self.writing += len(batch)
         seqs: dict[int, int] = {}  # new message id -> its position in its room
         try:
             results = await self._insert(batch, seqs, previous)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ChatdError) as exc:
             self._known = None
             await _finished(previous)
-            error: ChatdError = storage_error(exc) or StorageUnavailable(
+            error: ChatdError = exc if isinstance(exc, ChatdError) else storage_error(exc) or StorageUnavailable(
                 "the server could not store the message"
             )
             log.error("event=write_failed messages=%d error=%r", len(batch), str(exc))
