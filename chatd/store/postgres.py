@@ -344,15 +344,11 @@ class PgConnection:
         special = _SPECIAL.get(sql)
         if special is not None:
             return special(self)
-        known, self._next_id = self._next_id, None
-        if known is not None and sql == NEXT_ID:
-            return _Rows([(known,)])  # nothing was written since it was read
-        if self._answers:
-            rows = self._answers.get((sql, _hashable(params)))
-            if rows is not None:
-                return _Rows(rows)
-            if not sql.startswith("SELECT"):
-                self._answers = {}  # a write: what was read ahead may be out of date
+        rows = self._at_hand(sql, params)
+        if rows is not None:
+            return _Rows(rows)
+        if self._answers and not sql.startswith("SELECT"):
+            self._answers = {}  # a write: what was read ahead may be out of date
         text, order = translate(sql)
         prepare = _prepare(text)
         return self._send(lambda c: c.execute(text, _ordered(params, order), prepare=prepare))
@@ -501,14 +497,10 @@ class PgConnection:
             self._connect()  # broken before, and not in a transaction (that would have failed)
         try:
             return fn(self._conn)
-        except psycopg.errors.IntegrityError as exc:  # a unique violation among them
-            raise sqlite3.IntegrityError(_first_line(exc)) from None
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        except psycopg.Error as exc:
             if self._conn.broken or self._conn.closed:
                 self._drop()
-            raise PgFault(_first_line(exc)) from None
-        except psycopg.Error as exc:
-            raise sqlite3.DatabaseError(_first_line(exc)) from None
+            raise self._fault(exc) from None
 
     # -- a write transaction awaited on the event loop --
 
@@ -532,13 +524,12 @@ class PgConnection:
         try:
             if ahead or (NEXT_ID, ()) not in answers:  # reads to make: a round trip first
                 async with aconn.pipeline():
-                    await self._begin_async(aconn, expected)
-                    first = await aconn.execute(translate(NEXT_ID)[0])
-                    reads = [await aconn.execute(text, _ordered(params, order), prepare=_prepare(text))
-                             for text, order, params in ((*translate(sql), params) for sql, params in ahead)]
+                    cursors = [await aconn.execute(text, params, prepare=prepare) for text, params, prepare
+                               in _begin("pg_advisory_xact_lock", expected, ahead)]
                 begun = True
-                next_id = (await first.fetchone())[0]
-                for (sql, params), cur in zip(ahead, reads, strict=True):
+                reads = cursors[-len(ahead) - 1:]  # the next id's, then those sent ahead
+                next_id = (await reads[0].fetchone())[0]
+                for (sql, params), cur in zip(ahead, reads[1:], strict=True):
                     answers[(sql, _hashable(params))] = await cur.fetchall()
             self._next_id, self._answers = next_id, answers
             self._deferring, self._commit_asked = True, False
@@ -553,11 +544,10 @@ class PgConnection:
                 written(result)
             async with aconn.pipeline():
                 if not begun:  # every read guessed: BEGIN, checks, writes and COMMIT at once
-                    await self._begin_async(aconn, expected)
+                    for text, params, prepare in _begin("pg_advisory_xact_lock", expected, None):
+                        await aconn.execute(text, params, prepare=prepare)
                 for op in queued:
-                    done = op(aconn)
-                    if done is not None and hasattr(done, "__await__"):
-                        await done
+                    await op(aconn)  # executemany's, on this connection: coroutines
                 await aconn.execute("COMMIT")
             return result
         except BaseException as exc:
@@ -596,23 +586,13 @@ class PgConnection:
 
     @staticmethod
     def _fault(exc: BaseException) -> sqlite3.Error:
-        """A psycopg error as the store knows it (as _run maps them)."""
+        """A psycopg error as the store knows it: a unique violation among IntegrityError, a
+        broken connection or a server gone PgFault (db.storage_error's "try again")."""
         if isinstance(exc, psycopg.errors.IntegrityError):
             return sqlite3.IntegrityError(_first_line(exc))
         if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
             return PgFault(_first_line(exc))
         return sqlite3.DatabaseError(_first_line(exc))
-
-    @staticmethod
-    async def _begin_async(aconn: Any, expected: list[tuple[str, Any, list[tuple]]]) -> None:
-        """BEGIN, the write lock, and the checks of the reads guessed (expect), in a pipeline."""
-        await aconn.execute("BEGIN")
-        await aconn.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
-        for sql, params, rows in expected:
-            text, order = translate(sql)
-            printed = ["(" + ",".join("" if v is None else str(v) for v in row) + ")" for row in rows]
-            await aconn.execute(f"SELECT chatd_expect(ARRAY(SELECT t::text FROM ({text}) t) = %s::text[])",
-                                [*_ordered(params, order), printed], prepare=_prepare(text))
 
     def _answered(self, sql: str, params: Any) -> Any:
         """A statement in write_ahead's function: answered from what came with the BEGIN."""
@@ -624,13 +604,18 @@ class PgConnection:
         if sql == "ROLLBACK":
             self._queued = []  # write_ahead rolls back as the function's error passes
             return _Rows([])
-        known, self._next_id = self._next_id, None
-        if known is not None and sql == NEXT_ID:
-            return _Rows([(known,)])
-        rows = self._answers.get((sql, _hashable(params)))
+        rows = self._at_hand(sql, params)
         if rows is None:
             raise NotAhead(sql)
         return _Rows(rows)
+
+    def _at_hand(self, sql: str, params: Any) -> list[tuple] | None:
+        """The rows of a read that came with the BEGIN (or was guessed), if this is one: the
+        next id only as the transaction's first statement, as nothing was written since."""
+        known, self._next_id = self._next_id, None
+        if known is not None and sql == NEXT_ID:
+            return [(known,)]
+        return self._answers.get((sql, _hashable(params))) if self._answers else None
 
     # -- statements said otherwise on PostgreSQL --
 
@@ -639,14 +624,9 @@ class PgConnection:
         ahead, self._ahead = self._ahead, []
 
         def op(conn: Any) -> Any:
-            # With the change log's next id (changes.NEXT_ID), which a write transaction asks
-            # first, and the reads queued ahead: all under the lock, in one round trip.
             with conn.pipeline():
-                conn.execute("BEGIN")
-                lock = conn.execute(f"SELECT {take}({WRITE_LOCK})")
-                next_id = conn.execute(translate(NEXT_ID)[0])
-                reads = [conn.execute(text, _ordered(params, order), prepare=_prepare(text))
-                         for text, order, params in ((*translate(sql), params) for sql, params in ahead)]
+                lock, next_id, *reads = [conn.execute(text, params, prepare=prepare)
+                                         for text, params, prepare in _begin(take, [], ahead)][1:]
             got = lock.fetchone()[0]  # False: taken elsewhere (try); None: waited for (void)
             if got is not False:
                 self._next_id = next_id.fetchone()[0]
@@ -678,6 +658,27 @@ class _Rows:
 
     def __iter__(self) -> Iterator[tuple]:
         return iter(self._rows)
+
+
+def _begin(take: str, expected: list[tuple[str, Any, list[tuple]]],
+           ahead: list[tuple[str, Any]] | None) -> list[tuple[str, list[Any], bool | None]]:
+    """A write transaction's first statements, to send in one pipeline (statement, parameters,
+    prepare): BEGIN, the write lock (`take`), the checks of the reads guessed (expect), and,
+    unless `ahead` is None, the change log's next id (changes.NEXT_ID, which a write
+    transaction asks first) and the reads sent ahead: all under the lock."""
+    statements: list[tuple[str, list[Any], bool | None]] = [("BEGIN", [], None),
+                                                            (f"SELECT {take}({WRITE_LOCK})", [], None)]
+    for sql, params, rows in expected:
+        text, order = translate(sql)
+        printed = ["(" + ",".join("" if v is None else str(v) for v in row) + ")" for row in rows]
+        statements.append((f"SELECT chatd_expect(ARRAY(SELECT t::text FROM ({text}) t) = %s::text[])",
+                           [*_ordered(params, order), printed], _prepare(text)))
+    if ahead is not None:
+        statements.append((translate(NEXT_ID)[0], [], None))
+        for sql, params in ahead:
+            text, order = translate(sql)
+            statements.append((text, _ordered(params, order), _prepare(text)))
+    return statements
 
 
 def _hashable(params: Any) -> Any:

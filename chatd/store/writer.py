@@ -89,6 +89,8 @@ class MessageWriter:
     ) -> None:
         self._conn = conn
         self._inline = inline  # None: every batch on the writer thread (synchronous=FULL)
+        # On PostgreSQL, batches of posts are awaited (_write_ahead), two at a time.
+        self._awaited: PgConnection | None = inline if isinstance(inline, PgConnection) else None
         self._on_commit = on_commit
         self._on_latency = on_latency
         self._pending: list[Item] = []
@@ -104,11 +106,10 @@ class MessageWriter:
         self.guessed = 0  # on PostgreSQL, batches whose reads were guessed (_write_ahead)
         self.read_again = 0  # and of those, the ones whose guesses were found wrong
         self._known: _Known | None = None  # on PostgreSQL: what this writer's commits left (_write_ahead)
-        self._started = 0  # batches begun by _write_ahead
+        self._started = 0  # batches begun on PostgreSQL
         # Done once the newest batch begun has made its writes (or failed): the next may guess.
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self._ready.set_result(None)
-        self._known_through = 0  # the last of them _known includes
         self.writing = 0  # posts in the batches being written now
         self._in_flight: list[asyncio.Task[None]] = []  # on PostgreSQL, batches overlap (_write_ahead)
 
@@ -156,7 +157,7 @@ class MessageWriter:
                 await self._gather()
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                if not hasattr(self._inline, "write_ahead"):
+                if self._awaited is None:
                     await self._write(batch)
                     continue
                 self._in_flight = [task for task in self._in_flight if not task.done()]
@@ -250,14 +251,13 @@ class MessageWriter:
                       previous: asyncio.Task[None] | None) -> list[Result | ChangeResult]:
         """Inline when the write lock is free; otherwise wait for it on the writer thread. On
         PostgreSQL a batch of posts is awaited on the loop instead (_write_ahead)."""
-        if self._inline is not None and hasattr(self._inline, "write_ahead"):
+        if self._awaited is not None:
             self._started += 1
             ready, before = self._loop.create_future(), self._ready
             self._ready = ready
             try:
                 if not any(isinstance(item, ChangeRequest) for item in batch):
-                    return await self._write_ahead(self._inline, batch, seqs, previous,  # type: ignore[arg-type]
-                                                   self._started, before, ready)
+                    return await self._write_ahead(self._awaited, batch, seqs, previous, self._started, before, ready)
                 await _finished(previous)  # changes read as they go: after every batch before
                 self._known = None  # and they take ids too: read again
             finally:
@@ -301,7 +301,7 @@ class MessageWriter:
         self.guessed += guessed
 
         def written(results: list[Result | ChangeResult]) -> None:  # in queue order (`before`)
-            self._known, self._known_through = _Known.after(known, guessed, posts, results, seqs), number
+            self._known = _Known.after(known, guessed, posts, results, seqs, number)
             if not ready.done():
                 ready.set_result(None)
 
@@ -327,7 +327,7 @@ class MessageWriter:
 
     def _known_after(self, number: int) -> _Known | None:
         """What is known once batch `number` is in, if that is what _known holds."""
-        return self._known if self._known_through == number else None
+        return self._known if self._known is not None and self._known.through == number else None
 
     async def _checkpoint(self) -> None:
         """Copy the log into the database file, on the writer thread: the first pass as its
@@ -351,6 +351,7 @@ class _Known:
     rooms: dict[int, tuple[int, str]]
     members: set[tuple[int, int]]
     trusted: bool = False
+    through: int = 0  # the last batch (MessageWriter._started) it includes
 
     def guess(self, conn: PgConnection, posts: list[Pending], lookup: tuple[str, list[object]] | None) -> bool:
         rooms = {i.room.id for i in posts}
@@ -369,22 +370,24 @@ class _Known:
 
     @staticmethod
     def after(known: _Known | None, guessed: bool, posts: list[Pending], results: list[Result | ChangeResult],
-              seqs: dict[int, int]) -> _Known | None:
+              seqs: dict[int, int], number: int) -> _Known | None:
         """What is known after a batch: a guessed batch's checks held; a batch that read is
         trusted if its first new id is the one `known` predicted."""
         created = [r[0] for r in results if not isinstance(r, ChatdError) and r[1] and isinstance(r[0], Message)]
         if not created:  # the next id as it was: a later batch's guess could hold before this is in
             return None
-        if not guessed:
-            same = known is not None and created[0].id == known.next_id
-            known = _Known(0, known.rooms if same else {}, known.members if same else set(), same)  # type: ignore[union-attr]
-        assert known is not None
+        if guessed and known is not None:
+            pass  # its checks held: what it knew, and this batch's messages
+        elif known is not None and created[0].id == known.next_id:  # nobody else wrote since
+            known = _Known(0, known.rooms, known.members, trusted=True)
+        else:
+            known = _Known(0, {}, set())
         kinds = {p.room.id: p.room.kind for p in posts}
         for m in created:
             known.rooms[m.room_id] = (seqs[m.id], kinds[m.room_id])
             if kinds[m.room_id] != "public":
                 known.members.add((m.room_id, m.author_id))
-        known.next_id = created[-1].id + 1
+        known.next_id, known.through = created[-1].id + 1, number
         return known
 
 
