@@ -825,6 +825,66 @@ async def test_migration_6_indexes_messages_stored_before_it(tmp_path: Path, mak
     check_indexes_match_messages(db)
 
 
+@sqlite_only
+def test_migration_7_keeps_what_migration_6_indexed(tmp_path: Path) -> None:
+    """Migration 7's triggers test for text outside ASCII before the unspaced scripts: messages
+    indexed by migration 6's triggers are edited and deleted out of both indexes exactly."""
+    db = tmp_path / "chatd.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    migrate(conn, upto=6)
+    user_id = conn.execute("INSERT INTO users (username, password_hash, created_at) VALUES ('u', 'x', 0)").lastrowid
+    room_id = conn.execute("SELECT id FROM rooms WHERE slug = 'general'").fetchone()[0]
+    bodies = ["plain words", f"old {CJK}", "Ångström café", f"{CJK} again", "more plain words"]
+    for seq, body in enumerate(bodies, start=1):
+        conn.execute("INSERT INTO messages (room_id, user_id, body, html, created_at, seq) VALUES (?, ?, ?, ?, 0, ?)",
+                     (room_id, user_id, body, body, seq))
+    assert migrate(conn) == 6
+    conn.execute("UPDATE messages SET body = 'now plain' WHERE id = 2")  # was in the trigram index
+    conn.execute("UPDATE messages SET body = ? WHERE id = 1", (f"now {CJK}",))  # goes into it
+    conn.execute("UPDATE messages SET body = 'Ölfeld' WHERE id = 3")  # outside ASCII, not unspaced
+    conn.execute("DELETE FROM messages WHERE id = 4")
+    conn.execute("INSERT INTO messages (room_id, user_id, body, html, created_at, seq) VALUES (?, ?, ?, ?, 0, 6)",
+                 (room_id, user_id, f"new {CJK}", "x"))
+    grams = [r for (r,) in conn.execute("SELECT rowid FROM search_grams WHERE search_grams MATCH '\"部署新\"'"
+                                        " ORDER BY rowid")]
+    assert grams == [1, 6]
+    conn.close()
+    check_indexes_match_messages(db)
+
+
+def segments(db: Path, index: str) -> int:
+    """Leaf rows in an FTS5 index's data table: one per small segment while automerge is off
+    (rows 1 and 10 are the index's averages and structure)."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute(f"SELECT count(*) FROM {index}_data WHERE id > 10").fetchone()[0]
+
+
+@sqlite_only
+async def test_a_batch_of_posts_writes_each_index_once(chat: Chat) -> None:
+    """A batch of posts is one INSERT: FTS5 writes its pending terms as a new segment at every
+    statement's savepoint, so a statement per message would write a segment per message."""
+    services = chat.services
+    db = Path(services.store.path)
+    with sqlite3.connect(db) as conn:
+        for index in ("search_words", "search_grams"):  # so that each segment written stays visible
+            conn.execute(f"INSERT INTO {index} ({index}, rank) VALUES ('automerge', 0)")
+    alice = await chat.user("alice")
+    general = await services.chat.room_for(alice, "general")
+    words, grams = segments(db, "search_words"), segments(db, "search_grams")
+    before = sum(services.hub.metrics.write_counts)
+    bodies = [f"batch word{i} café" if i % 3 else f"batch {CJK} {i}" for i in range(12)]
+    # No await between these submissions: they are one batch (checked below).
+    posted = await asyncio.gather(*(services.chat.post_in(alice, general, body, None) for body in bodies))
+    assert sum(services.hub.metrics.write_counts) == before + 1
+    assert segments(db, "search_words") == words + 1
+    assert segments(db, "search_grams") == grams + 1
+    headers = await chat.bearer("alice")
+    assert await ids(chat, headers, "batch", limit=50) == [message.id for message, _ in reversed(posted)]
+    assert await ids(chat, headers, "部署新") == [message.id for message, _ in reversed(posted[::3])]
+    assert await ids(chat, headers, "word7") == [posted[7][0].id]
+    check_indexes_match_messages(db)
+
+
 def test_reindex_rebuilds_a_damaged_index(tmp_path: Path) -> None:
     """`chatd reindex` puts back what a hand-made change took out of either index."""
     db = tmp_path / "chatd.db"

@@ -47,7 +47,7 @@ from chatd.errors import ChatdError, Forbidden, NotFound, StorageUnavailable
 from chatd.models import Change, Message, Room, User
 from chatd.store import changes
 from chatd.store.changes import ChangeRequest, ChangeResult
-from chatd.store.db import ThreadConnection, storage_error, transaction
+from chatd.store.db import ThreadConnection, insert_many, storage_error, transaction
 from chatd.store.postgres import NotAhead, PgConnection, Stale
 from chatd.store.rows import _message
 
@@ -457,11 +457,9 @@ def _write_batch(conn: sqlite3.Connection, batch: list[Item], posts: list[Pendin
             seqs[next_id] = counts[room_id]
             results.append((message, True))
             next_id += 1
-        conn.executemany(
-            "INSERT INTO messages (id, room_id, user_id, body, html, created_at, client_id, seq, mentions)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+        insert_many(
+            conn, "INSERT INTO messages (id, room_id, user_id, body, html, created_at, client_id, seq, mentions)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         conn.executemany(
             "UPDATE rooms SET last_message_id = ?, message_count = ? WHERE id = ?",
             [(mid, counts[rid], rid) for rid, mid in last.items()],
