@@ -110,6 +110,8 @@ def is_blank(text: str) -> bool:
     """True when the text shows nothing: only white space, format characters (category Cf:
     zero-width space and joiners, word joiner, BOM, soft hyphen, bidi controls...) and
     invisible fillers. The one rule for "blank" (bodies, room names; reactions too)."""
+    if text.isascii():  # most text: ASCII has no format characters or fillers, only spaces
+        return not text.strip()
     return all(ch.isspace() or ch in _INVISIBLE or unicodedata.category(ch) == "Cf" for ch in text)
 
 

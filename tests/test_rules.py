@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from chatd import rules
 from chatd.errors import BadInput, TooLarge
@@ -150,3 +152,9 @@ def test_every_bidi_control_is_shown_by_its_code_point() -> None:
 
 def test_right_to_left_marks_are_kept_in_html() -> None:
     assert render("\u200fשלום\u200e ok \u061c").html == "\u200fשלום\u200e ok \u061c"
+
+
+@given(st.text(st.characters(max_codepoint=127)))
+def test_ascii_text_is_blank_exactly_when_it_is_all_spaces(text: str) -> None:
+    # is_blank's quick path for ASCII must agree with the rule for any text.
+    assert rules.is_blank(text) == all(ch.isspace() for ch in text)

@@ -464,7 +464,7 @@ class Live:
         key = (message.id, message.rev)
         text = self._json.get(key)
         if text is None:
-            text = self._json[key] = _encode(message.to_json())
+            text = self._json[key] = message.json_text()
             if len(self._json) > JSON_CACHE:
                 self._json.popitem(last=False)
         return text
