@@ -110,8 +110,8 @@ class Message(NamedTuple):
 
     def json_text(self) -> str:
         """to_json() as compact JSON text with non-ASCII kept, the bytes json.dumps would give
-        (tests/test_models.py holds the two together), built by hand: every new message is
-        encoded once for every stream that gets it, and this takes under half the time."""
+        (tests/test_models.py holds the two together), built by hand in under half the time:
+        every post, edit and reaction encodes one (Live.message_json keeps it per version)."""
         s = _json_string
         author = s(self.author)
         client = "null" if self.client_id is None else s(self.client_id)
