@@ -93,6 +93,8 @@ class Message(NamedTuple):
     rev: int = 0
 
     def to_json(self) -> dict[str, Any]:
+        """The contract's message object, readably: the reference json_text is held to (the
+        server itself sends json_text, encoded once per version)."""
         return {
             "id": self.id,
             "room": self.room,
